@@ -1,0 +1,144 @@
+//! The cluster map: OSDs, pools and metadata members, versioned by an epoch that every change bumps.
+//! The metadata service owns it; clients, OSDs and gateways cache a copy and refetch when a peer
+//! tells them of a newer epoch.
+
+use crate::ids::{NodeId, OsdId, PgId, PoolId};
+use crate::placement;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How a pool acknowledges writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum WriteMode {
+    /// Acknowledge when every up replica has the write durably.
+    #[default]
+    Sync,
+    /// Acknowledge when the primary has it durably and at most `window` remote writes are outstanding.
+    SemiSync { window: u32 },
+    /// Acknowledge when the primary has it durably.
+    Async,
+}
+
+/// The unit that replicas of one placement group must not share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum FailureDomain {
+    /// Replicas on distinct OSDs (the only choice on one machine).
+    #[default]
+    Osd,
+    /// Replicas on distinct hosts where there are enough hosts.
+    Host,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pool {
+    pub id: PoolId,
+    pub name: String,
+    /// Number of copies of each object.
+    pub size: u8,
+    /// Fewest copies that must take a write for it to be acknowledged.
+    pub min_size: u8,
+    pub pg_num: u32,
+    pub mode: WriteMode,
+    pub failure_domain: FailureDomain,
+}
+
+impl Pool {
+    /// The placement group of an object in this pool.
+    pub fn pg_of(&self, oid: crate::ids::Oid) -> PgId {
+        PgId::new(
+            self.id,
+            (oid.placement_hash() % u64::from(self.pg_num.max(1))) as u32,
+        )
+    }
+
+    pub fn pgs(&self) -> impl Iterator<Item = PgId> + '_ {
+        (0..self.pg_num).map(|s| PgId::new(self.id, s))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OsdInfo {
+    pub id: OsdId,
+    /// Address its RPC server listens on (`ip:port`).
+    pub addr: String,
+    /// Host name, for the host failure domain.
+    pub host: String,
+    /// Relative share of data (usually capacity in TiB).
+    pub weight: f64,
+    /// Bytes the OSD may hold, and bytes it holds (from its last heartbeat).
+    pub capacity: u64,
+    pub used: u64,
+    /// Up: answering heartbeats. In: holding data (an out OSD's placement groups move elsewhere).
+    pub up: bool,
+    pub in_cluster: bool,
+    /// Unix milliseconds when it went down (for the down→out timeout).
+    pub down_since_ms: Option<u64>,
+}
+
+/// A placement group's state as its primary reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+pub enum PgState {
+    /// Every OSD of its set is up and in step.
+    ActiveClean,
+    /// Serving, but fewer than `size` copies are up.
+    Degraded,
+    /// Serving while some members catch up.
+    Recovering,
+    /// Working out which member has the newest data; not serving writes.
+    Peering,
+    /// Not enough members up to serve (fewer than `min_size`).
+    Inactive,
+}
+
+impl PgState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PgState::ActiveClean => "active+clean",
+            PgState::Degraded => "active+degraded",
+            PgState::Recovering => "active+recovering",
+            PgState::Peering => "peering",
+            PgState::Inactive => "inactive",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct ClusterMap {
+    pub epoch: u64,
+    pub osds: BTreeMap<OsdId, OsdInfo>,
+    pub pools: BTreeMap<PoolId, Pool>,
+    /// Metadata replicas: raft node id → RPC address.
+    pub meta_members: BTreeMap<NodeId, String>,
+    /// The metadata leader when the map was read (not part of the replicated state).
+    pub meta_leader: Option<NodeId>,
+}
+
+impl ClusterMap {
+    pub fn pool_by_name(&self, name: &str) -> Option<&Pool> {
+        self.pools.values().find(|p| p.name == name)
+    }
+
+    /// The ordered OSD set of a placement group (up or not; see [`placement::pg_osds`]).
+    pub fn pg_osds(&self, pg: PgId) -> Vec<OsdId> {
+        match self.pools.get(&pg.pool) {
+            Some(pool) => placement::pg_osds(self, pool, pg),
+            None => Vec::new(),
+        }
+    }
+
+    /// The members of the set that are up, in order; the first is the primary.
+    pub fn pg_up(&self, pg: PgId) -> Vec<OsdId> {
+        self.pg_osds(pg)
+            .into_iter()
+            .filter(|o| self.osds.get(o).is_some_and(|i| i.up))
+            .collect()
+    }
+
+    pub fn pg_primary(&self, pg: PgId) -> Option<OsdId> {
+        self.pg_up(pg).into_iter().next()
+    }
+
+    pub fn osd_addr(&self, id: OsdId) -> Option<&str> {
+        self.osds.get(&id).map(|o| o.addr.as_str())
+    }
+}
