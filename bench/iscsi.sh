@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# iscsi-perf against cairn's iSCSI target and against tgt (shared/peers/tgt.sh), same machine,
+# same LUN size, file-backed, alternated runs so noise hits both alike. Prints one line per
+# run and workload and the cairn/tgt ratio of the medians.
+#   4 KiB random read  : iscsi-perf -r -b 8 -m 32   (512 B blocks: -b 8 = 4 KiB)
+#   128 KiB seq read   : iscsi-perf -b 256 -m 32
+# Usage: bench/iscsi.sh [RUNS] [SIZE_MiB] [WORKDIR]      (defaults 3 1024 /tmp/bench-iscsi)
+# Needs: libiscsi-bin, tgt (apt-get install -y libiscsi-bin tgt), a Rust toolchain.
+set -eu
+RUNS=${1:-3}
+SIZE=${2:-1024}
+WD=${3:-/tmp/bench-iscsi}
+SECS=${SECS:-10}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PEERS=${PEERS:-$ROOT/../shared/peers}
+[ -d "$PEERS" ] || PEERS=/work/shared/peers
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target-gw}
+CPORT=3290
+TPORT=3291
+mkdir -p "$WD"
+
+(cd "$ROOT" && cargo build -q --release -p cairn-gateway --example iscsi_target)
+BIN=$CARGO_TARGET_DIR/release/examples/iscsi_target
+
+# Real data in both backing files, so neither side reads holes.
+if [ ! -f "$WD/cairn.img" ]; then dd if=/dev/urandom of="$WD/cairn.img" bs=1M count="$SIZE" status=none; fi
+"$BIN" --port $CPORT --size-mib "$SIZE" --file "$WD/cairn.img" > "$WD/cairn.url" 2> "$WD/cairn.log" &
+CPID=$!
+TURL=$("$PEERS/tgt.sh" start $TPORT "$SIZE" "$WD/tgt" | tail -1)
+cleanup() {
+  kill "$CPID" 2>/dev/null || true
+  "$PEERS/tgt.sh" stop $TPORT "$SIZE" "$WD/tgt" || true
+}
+trap cleanup EXIT
+for i in $(seq 50); do [ -s "$WD/cairn.url" ] && break; sleep 0.1; done
+CURL=$(head -1 "$WD/cairn.url")
+# Warm both page caches the same way.
+cat "$WD/cairn.img" "$WD/tgt/lun.img" > /dev/null
+
+perf() { # URL ARGS... -> iops average
+  timeout -s INT "$SECS" iscsi-perf "${@:2}" "$1" 2>&1 | tr '\r' '\n' | grep 'iops average' | tail -1 |
+    sed 's/.*iops average[^0-9]*\([0-9.]*\).*/\1/'
+}
+
+declare -A R
+for run in $(seq "$RUNS"); do
+  for spec in "rand4k:-r -b 8 -m 32" "seq128k:-b 256 -m 32"; do
+    n=${spec%%:*}; a=${spec#*:}
+    # shellcheck disable=SC2086
+    c=$(perf "$CURL" $a); t=$(perf "$TURL" $a)
+    echo "run $run $n: cairn ${c:-?} iops, tgt ${t:-?} iops"
+    R[$n.cairn]="${R[$n.cairn]:-} ${c:-0}"; R[$n.tgt]="${R[$n.tgt]:-} ${t:-0}"
+  done
+done
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : 0)}'; }
+for n in rand4k seq128k; do
+  c=$(echo "${R[$n.cairn]}" | median); t=$(echo "${R[$n.tgt]}" | median)
+  awk -v n="$n" -v c="$c" -v t="$t" 'BEGIN { printf "%s median: cairn %.0f iops, tgt %.0f iops, ratio %.2f\n", n, c, t, (t > 0 ? c / t : 0) }'
+done
