@@ -1,1 +1,20 @@
-//! cairn-client
+//! cairn-client: what applications link to use a cairn cluster.
+//!
+//! - [`Cluster`] connects to the metadata service, caches the cluster map and sends each object
+//!   request straight to its placement group's primary OSD, retrying through elections, OSD
+//!   failures and map changes until a deadline. The metadata service is never on the data path.
+//! - [`PoolIo`] is object I/O on one pool: whole/partial reads and writes, streaming put/get of
+//!   objects of any size, attributes, typed objects and on-device queries (`GetExtent`,
+//!   `QueryExtent`) fanned out to every primary and merged.
+
+mod cluster;
+mod error;
+mod objects;
+mod striped;
+mod volume;
+
+pub use cluster::{ClientOptions, Cluster, PoolSpec};
+pub use error::{ClientError, Result};
+pub use objects::PoolIo;
+pub use striped::Striped;
+pub use volume::VolumeIo;

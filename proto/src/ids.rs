@@ -28,6 +28,14 @@ impl Oid {
         xxhash_rust::xxh3::xxh3_64(&self.to_be_bytes())
     }
 
+    /// The id of piece `index` of a striped owner (a block volume or a file): the top byte is the
+    /// owner's kind, the next 56 bits its id, the low 64 bits the piece index. Named objects hash
+    /// into the whole space, so a collision with one of these is as unlikely as any other.
+    pub fn for_piece(kind: PieceKind, owner: u64, index: u64) -> Oid {
+        let owner = u128::from(owner & ((1u64 << 56) - 1));
+        Oid((u128::from(kind as u8) << 120) | (owner << 64) | u128::from(index))
+    }
+
     /// Parse 32 hex digits, or else hash the string as a name. The bool says whether it was hashed.
     pub fn parse_or_hash(s: &str) -> (Oid, bool) {
         match s.parse() {
@@ -47,6 +55,14 @@ impl fmt::Debug for Oid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Oid({:032x})", self.0)
     }
+}
+
+/// What a striped object belongs to (see [`Oid::for_piece`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PieceKind {
+    Volume = 0xB1,
+    File = 0xF1,
 }
 
 /// Returned when a string is not 32 hex digits.
@@ -141,6 +157,15 @@ mod tests {
         assert_eq!(s.parse::<Oid>().unwrap(), oid);
         assert!("xyz".parse::<Oid>().is_err());
         assert!("0123456789abcdef001122334455667".parse::<Oid>().is_err());
+    }
+
+    #[test]
+    fn piece_ids_keep_their_parts() {
+        let a = Oid::for_piece(PieceKind::Volume, 7, 3);
+        assert_eq!(a.0 >> 120, 0xB1);
+        assert_eq!((a.0 >> 64) as u64 & ((1 << 56) - 1), 7);
+        assert_eq!(a.0 as u64, 3);
+        assert_ne!(a, Oid::for_piece(PieceKind::File, 7, 3));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`frame`]: the frame codec (header, lengths, crc32s) under every message.
 //! - [`rpc`]: multiplexed RPC over TCP: a server loop around a [`rpc::Handler`] and a client pool.
 //! - [`meta_client`]: finds the metadata leader and retries through elections.
+//! - [`volume`]: block volumes as the metadata service records them.
 //! - [`error`]: errors that cross the wire.
 //!
 //! Data flow: a client builds a [`msg::Request`], [`rpc::RpcClient`] frames it with [`frame`],
@@ -16,6 +17,7 @@
 
 pub mod error;
 pub mod frame;
+pub mod fs;
 pub mod ids;
 pub mod map;
 pub mod meta_client;
@@ -23,9 +25,10 @@ pub mod msg;
 pub mod object;
 pub mod placement;
 pub mod rpc;
+pub mod volume;
 
 pub use error::WireError;
-pub use ids::{NodeId, Oid, OsdId, PgId, PoolId};
+pub use ids::{NodeId, Oid, OsdId, PgId, PieceKind, PoolId};
 pub use map::{ClusterMap, OsdInfo, PgState, Pool, WriteMode};
 pub use msg::{Request, Response};
 pub use object::{Filter, ObjOp, ObjectStat, Value};

@@ -1,0 +1,46 @@
+use cairn_proto::rpc::RpcError;
+use cairn_proto::{Oid, WireError};
+
+/// Errors of the cluster client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("pool {0:?} does not exist")]
+    NoSuchPool(String),
+    #[error("object {0} not found")]
+    NotFound(Oid),
+    #[error("no OSD is up for placement group {pg}")]
+    NoPrimary { pg: cairn_proto::PgId },
+    #[error("gave up after {secs} s: {last}")]
+    GaveUp { secs: u64, last: RpcError },
+    #[error("{0}")]
+    Rpc(RpcError),
+    #[error("local I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("unexpected reply: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The wire error behind this one, if the cluster answered with one.
+    pub fn wire(&self) -> Option<&WireError> {
+        match self {
+            ClientError::Rpc(RpcError::Remote(e)) | ClientError::GaveUp { last: RpcError::Remote(e), .. } => Some(e),
+            _ => None,
+        }
+    }
+
+    pub fn is_no_space(&self) -> bool {
+        matches!(self.wire(), Some(WireError::NoSpace { .. }))
+    }
+}
+
+impl From<RpcError> for ClientError {
+    fn from(e: RpcError) -> Self {
+        match e {
+            RpcError::Remote(WireError::NoSuchObject { oid }) => ClientError::NotFound(oid),
+            e => ClientError::Rpc(e),
+        }
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
