@@ -1,0 +1,425 @@
+//! The POSIX namespace on the wire: inode attributes, directory entries, the mutations the
+//! metadata service replicates ([`NsOp`] → [`NsResult`]), the reads it answers ([`NsQuery`] →
+//! [`NsReply`]), and the errors of both ([`FsError`], which carry Linux errno numbers so FUSE,
+//! NFS and S3 front ends can map them without a libc dependency here).
+//!
+//! Inodes are named by [`Ino`]; numbers are never reused, and each inode also gets a
+//! `generation` unique across the namespace, so an NFS handle `(ino, generation)` can never
+//! name a different file. A file's data lives in objects `Oid::for_piece(File, ino, index)` of
+//! `chunk_size` bytes in its `pool`; the namespace records only sizes, so when the last link of a
+//! file goes the result says which objects the caller must delete ([`FreedFile`]).
+
+use crate::ids::PoolId;
+use serde::{Deserialize, Serialize};
+
+/// An inode number. Never reused within a namespace.
+pub type Ino = u64;
+
+/// The root directory's inode number (FUSE's `FUSE_ROOT_ID`, so FUSE needs no translation).
+pub const ROOT_INO: Ino = 1;
+
+/// Bytes per data object of a new file.
+pub const DEFAULT_CHUNK_SIZE: u32 = 4 << 20;
+
+/// Longest name of a directory entry, in bytes (Linux `NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+
+/// Longest path or symlink target, in bytes, counting a terminating NUL (Linux `PATH_MAX`).
+pub const PATH_MAX: usize = 4096;
+
+/// Most symlinks one path resolution follows before failing with [`FsError::Loop`] (Linux
+/// `MAXSYMLINKS`).
+pub const SYMLOOP_MAX: u32 = 40;
+
+/// Most links to one inode; for a directory that is 2 plus its subdirectories (ext4's value).
+pub const LINK_MAX: u32 = 65_000;
+
+/// Longest extended-attribute name, in bytes (Linux `XATTR_NAME_MAX`).
+pub const XATTR_NAME_MAX: usize = 255;
+
+/// Largest extended-attribute value, in bytes (Linux `XATTR_SIZE_MAX`).
+pub const XATTR_SIZE_MAX: usize = 64 << 10;
+
+/// Largest file size: the largest `off_t`, so every size is a valid offset for FUSE and NFS.
+pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+
+/// Most entries one [`NsQuery::ReadDir`] page returns, whatever `limit` asks for, so one reply
+/// stays a bounded frame.
+pub const READDIR_MAX: u32 = 10_000;
+
+/// What an inode is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum FileKind {
+    Dir,
+    File,
+    Symlink,
+}
+
+/// The attributes of an inode, as `stat` reports them plus cairn's data placement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InodeAttr {
+    pub ino: Ino,
+    pub kind: FileKind,
+    /// Permission bits only (`0o7777`); the file type is `kind`.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Bytes of data for a file, the target's length for a symlink, 0 for a directory.
+    pub size: u64,
+    /// Hard links to a file or symlink; 2 plus the number of subdirectories for a directory.
+    pub nlink: u32,
+    /// Nanoseconds since the Unix epoch.
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    /// Unique across the namespace, for NFS file handles.
+    pub generation: u64,
+    /// For a file, the pool holding its data (`None`: the default file pool), fixed when it is
+    /// created. For a directory, the pool it is pinned to (`None`: inherit from its parent).
+    /// Always `None` for a symlink.
+    pub pool: Option<PoolId>,
+    /// Bytes per data object of a file (its striping unit); 0 for directories and symlinks.
+    pub chunk_size: u32,
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: String,
+    pub ino: Ino,
+    pub kind: FileKind,
+}
+
+/// A time to set with [`NsOp::SetAttr`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetTime {
+    /// The time the operation is applied (`UTIME_NOW`): the proposer's clock, the same on every
+    /// replica.
+    Now,
+    /// Nanoseconds since the Unix epoch.
+    At(i64),
+}
+
+/// How [`NsOp::SetXattr`] treats an existing attribute (`setxattr` flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum XattrFlag {
+    /// Create or replace.
+    Either,
+    /// `XATTR_CREATE`: fail with [`FsError::Exists`] if the attribute exists.
+    CreateOnly,
+    /// `XATTR_REPLACE`: fail with [`FsError::NoData`] if the attribute does not exist.
+    ReplaceOnly,
+}
+
+/// A namespace mutation. Each one is applied atomically, as one raft entry: it either takes
+/// full effect or fails and changes nothing. Permission checks are the caller's job: the
+/// namespace has no notion of credentials.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NsOp {
+    /// Make a file, directory or symlink named `name` in directory `parent`. In a directory whose
+    /// mode has the set-group-id bit the new inode takes the directory's group, and a new
+    /// directory keeps the bit (as Linux does). A new file's pool is that of its nearest pinned
+    /// ancestor directory.
+    Create {
+        parent: Ino,
+        name: String,
+        kind: FileKind,
+        /// Permission bits; bits outside `0o7777` are ignored. Symlinks are always `0o777`.
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        /// The symlink's target: required for a symlink, refused for anything else.
+        target: Option<String>,
+        /// For a file: whether an existing entry is an error (`O_EXCL`) or, when it is a file,
+        /// the answer ([`NsResult::Entry`] with `created: false`). A directory or symlink that
+        /// exists is always an error.
+        exclusive: bool,
+    },
+    /// Add a hard link `new_name` in `new_parent` to file or symlink `ino`.
+    Link {
+        ino: Ino,
+        new_parent: Ino,
+        new_name: String,
+    },
+    /// Remove a file or symlink entry; the inode goes with its last link.
+    Unlink { parent: Ino, name: String },
+    /// Remove an empty directory.
+    Rmdir { parent: Ino, name: String },
+    /// Move entry `name` of `parent` to `new_name` of `new_parent` (`renameat2`), replacing what is
+    /// there unless `noreplace`; with `exchange` the two entries, which must both exist, swap.
+    Rename {
+        parent: Ino,
+        name: String,
+        new_parent: Ino,
+        new_name: String,
+        /// `RENAME_NOREPLACE`: fail with [`FsError::Exists`] if `new_name` exists.
+        noreplace: bool,
+        /// `RENAME_EXCHANGE`: swap the entries atomically. Cannot be combined with `noreplace`.
+        exchange: bool,
+    },
+    /// Change attributes; each `Some` is set, and the ctime always becomes now. Setting `size`
+    /// truncates or extends a file (the caller deletes data objects past a smaller size) and sets
+    /// its mtime to now unless `mtime` says otherwise.
+    SetAttr {
+        ino: Ino,
+        /// Permission bits; bits outside `0o7777` are ignored.
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<SetTime>,
+        mtime: Option<SetTime>,
+    },
+    /// Set extended attribute `name` of `ino`.
+    SetXattr {
+        ino: Ino,
+        name: String,
+        value: Vec<u8>,
+        flags: XattrFlag,
+    },
+    /// Remove extended attribute `name` of `ino`.
+    RemoveXattr { ino: Ino, name: String },
+    /// Pin directory `ino` to a pool (`None` unpins it). Files created below it afterwards, down
+    /// to the next pinned directory, store their data there; existing files keep their pool until
+    /// a background migration moves them.
+    Pin { ino: Ino, pool: Option<PoolId> },
+    /// Apply every op in order, all or none: the first failure is the batch's error and undoes the
+    /// ops before it.
+    Batch(Vec<NsOp>),
+}
+
+/// The data of a file whose last link went: the caller deletes its objects
+/// `Oid::for_piece(File, ino, 0..ceil(size / chunk_size))` in `pool` (once no open handle needs
+/// them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreedFile {
+    pub ino: Ino,
+    pub size: u64,
+    pub pool: Option<PoolId>,
+    pub chunk_size: u32,
+}
+
+/// The outcome of a successful [`NsOp`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NsResult {
+    /// The inode's attributes after the change ([`NsOp::SetAttr`], [`NsOp::Pin`]).
+    Attr(InodeAttr),
+    /// The inode a directory entry now names ([`NsOp::Create`], [`NsOp::Link`]). `created` is
+    /// false only when a non-exclusive file create found the file already there.
+    Entry { attr: InodeAttr, created: bool },
+    /// An entry went ([`NsOp::Unlink`], [`NsOp::Rmdir`]); `freed` is set when it was the last link
+    /// of a file.
+    Unlinked { freed: Option<FreedFile> },
+    /// [`NsOp::Rename`] took effect; `replaced_freed` is set when the replaced entry was the last
+    /// link of a file.
+    Renamed { replaced_freed: Option<FreedFile> },
+    /// The change took effect and has nothing to report ([`NsOp::SetXattr`],
+    /// [`NsOp::RemoveXattr`]).
+    Done,
+    /// One result per op of an [`NsOp::Batch`], in order.
+    Batch(Vec<NsResult>),
+}
+
+/// A namespace read. Reads do not change atime; callers that want it set it with
+/// [`NsOp::SetAttr`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NsQuery {
+    /// The inode `name` names in directory `parent`; `"."` is `parent` itself and `".."` its
+    /// parent (the root's parent is the root).
+    Lookup {
+        parent: Ino,
+        name: String,
+    },
+    GetAttr {
+        ino: Ino,
+    },
+    /// Entries of directory `ino` in byte order of their names, starting after `after` (which need
+    /// not exist any more), at most `limit` (capped at [`READDIR_MAX`], at least 1). `"."` and
+    /// `".."` are not listed: callers add them ([`NsQuery::Lookup`] of `".."` gives the parent).
+    ReadDir {
+        ino: Ino,
+        after: Option<String>,
+        limit: u32,
+    },
+    /// The target of symlink `ino`.
+    ReadLink {
+        ino: Ino,
+    },
+    GetXattr {
+        ino: Ino,
+        name: String,
+    },
+    /// Names of the extended attributes of `ino`, in byte order.
+    ListXattr {
+        ino: Ino,
+    },
+    /// The inode an absolute path names. Empty components and `"."` are skipped, `".."` goes up,
+    /// symlinks in the middle are followed (relative targets from the symlink's directory), the
+    /// last one only if `follow_last`; a trailing `/` follows the last component and requires a
+    /// directory. More than [`SYMLOOP_MAX`] symlinks fail with [`FsError::Loop`].
+    Resolve {
+        path: String,
+        follow_last: bool,
+    },
+    /// Counts over the whole namespace.
+    Stats,
+}
+
+/// Counts over the whole namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NsStats {
+    /// Inodes of every kind, the root included.
+    pub inodes: u64,
+    /// Sum of the sizes of all files.
+    pub file_bytes: u64,
+}
+
+/// The answer to an [`NsQuery`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NsReply {
+    /// [`NsQuery::Lookup`], [`NsQuery::GetAttr`], [`NsQuery::Resolve`].
+    Attr(InodeAttr),
+    /// [`NsQuery::ReadDir`]: one page; `more` says whether entries follow the last one.
+    Dir { entries: Vec<DirEntry>, more: bool },
+    /// [`NsQuery::ReadLink`]: the target.
+    Link(String),
+    /// [`NsQuery::GetXattr`]: the value.
+    Xattr(Vec<u8>),
+    /// [`NsQuery::ListXattr`]: the names.
+    XattrNames(Vec<String>),
+    /// [`NsQuery::Stats`].
+    Stats(NsStats),
+}
+
+/// A POSIX error of a namespace operation. [`FsError::errno`] gives the Linux number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
+pub enum FsError {
+    #[error("operation not permitted (EPERM)")]
+    NotPermitted,
+    #[error("no such file or directory (ENOENT)")]
+    NotFound,
+    #[error("argument list too long: value too large (E2BIG)")]
+    TooBig,
+    #[error("bad file handle (EBADF)")]
+    BadHandle,
+    #[error("permission denied (EACCES)")]
+    AccessDenied,
+    #[error("file exists (EEXIST)")]
+    Exists,
+    #[error("cross-device link (EXDEV)")]
+    CrossDevice,
+    #[error("not a directory (ENOTDIR)")]
+    NotDir,
+    #[error("is a directory (EISDIR)")]
+    IsDir,
+    #[error("invalid argument (EINVAL)")]
+    Invalid,
+    #[error("file too large (EFBIG)")]
+    FileTooBig,
+    #[error("no space left on device (ENOSPC)")]
+    NoSpace,
+    #[error("too many links (EMLINK)")]
+    TooManyLinks,
+    #[error("result out of range (ERANGE)")]
+    Range,
+    #[error("file name too long (ENAMETOOLONG)")]
+    NameTooLong,
+    #[error("directory not empty (ENOTEMPTY)")]
+    NotEmpty,
+    #[error("too many levels of symbolic links (ELOOP)")]
+    Loop,
+    #[error("no data available: no such attribute (ENODATA)")]
+    NoData,
+    #[error("stale file handle: no such inode (ESTALE)")]
+    Stale,
+}
+
+impl FsError {
+    /// The Linux errno number (`EPERM` is 1, `ENOENT` 2, ...).
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotPermitted => 1,
+            FsError::NotFound => 2,
+            FsError::TooBig => 7,
+            FsError::BadHandle => 9,
+            FsError::AccessDenied => 13,
+            FsError::Exists => 17,
+            FsError::CrossDevice => 18,
+            FsError::NotDir => 20,
+            FsError::IsDir => 21,
+            FsError::Invalid => 22,
+            FsError::FileTooBig => 27,
+            FsError::NoSpace => 28,
+            FsError::TooManyLinks => 31,
+            FsError::Range => 34,
+            FsError::NameTooLong => 36,
+            FsError::NotEmpty => 39,
+            FsError::Loop => 40,
+            FsError::NoData => 61,
+            FsError::Stale => 116,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_numbers_are_linux() {
+        let table = [
+            (FsError::NotPermitted, 1),
+            (FsError::NotFound, 2),
+            (FsError::TooBig, 7),
+            (FsError::BadHandle, 9),
+            (FsError::AccessDenied, 13),
+            (FsError::Exists, 17),
+            (FsError::CrossDevice, 18),
+            (FsError::NotDir, 20),
+            (FsError::IsDir, 21),
+            (FsError::Invalid, 22),
+            (FsError::FileTooBig, 27),
+            (FsError::NoSpace, 28),
+            (FsError::TooManyLinks, 31),
+            (FsError::Range, 34),
+            (FsError::NameTooLong, 36),
+            (FsError::NotEmpty, 39),
+            (FsError::Loop, 40),
+            (FsError::NoData, 61),
+            (FsError::Stale, 116),
+        ];
+        for (e, n) in table {
+            assert_eq!(e.errno(), n, "{e}");
+        }
+    }
+
+    #[test]
+    fn ops_round_trip_through_bincode() {
+        let op = NsOp::Batch(vec![
+            NsOp::Create {
+                parent: ROOT_INO,
+                name: "a".into(),
+                kind: FileKind::Symlink,
+                mode: 0o777,
+                uid: 1,
+                gid: 2,
+                target: Some("../b".into()),
+                exclusive: true,
+            },
+            NsOp::SetAttr {
+                ino: 7,
+                mode: None,
+                uid: Some(3),
+                gid: None,
+                size: Some(10),
+                atime: Some(SetTime::Now),
+                mtime: Some(SetTime::At(-5)),
+            },
+        ]);
+        let bytes = bincode::serialize(&op).unwrap();
+        assert_eq!(bincode::deserialize::<NsOp>(&bytes).unwrap(), op);
+        let err = FsError::NotEmpty;
+        let bytes = bincode::serialize(&err).unwrap();
+        assert_eq!(bincode::deserialize::<FsError>(&bytes).unwrap(), err);
+    }
+}
