@@ -67,6 +67,14 @@ pub enum MetaRequest {
     RemoveMember { id: NodeId },
     /// A raft message between replicas (protobuf-encoded `eraftpb::Message`).
     Raft(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A raft message (protobuf-encoded `eraftpb::Message`) with the sender's RPC address, so a
+    /// replica that joined with no member list can answer the leader before its first snapshot
+    /// brings the members.
+    RaftFrom {
+        addr: String,
+        #[serde(with = "serde_bytes")]
+        msg: Vec<u8>,
+    },
 }
 
 /// Commands of the replicated state machine.
@@ -188,6 +196,8 @@ pub enum OsdRequest {
     },
     /// Messages between OSDs (replication, peering, recovery, scrub).
     Peer(PeerRequest),
+    /// The OSD's counters and the states of the placement groups it is primary of.
+    Status,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -206,6 +216,88 @@ pub enum OsdResponse {
         more: bool,
     },
     Peer(PeerResponse),
+    Status(OsdStatus),
+}
+
+/// What an OSD reports about itself ([`OsdRequest::Status`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct OsdStatus {
+    pub id: OsdId,
+    pub epoch: u64,
+    pub stats: OsdStats,
+    /// States of the placement groups this OSD is primary of.
+    pub pgs: Vec<(PgId, PgState)>,
+}
+
+/// Counters of one OSD since it started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct OsdStats {
+    pub used_bytes: u64,
+    pub capacity: u64,
+    /// Client mutations applied as primary.
+    pub writes: u64,
+    pub reads: u64,
+    /// Chunks found with a bad checksum (by reads or scrub).
+    pub checksum_errors: u64,
+    /// Bad local copies rewritten from a good replica.
+    pub repairs: u64,
+    /// Differences between replicas found by scrub (missing, stale or corrupt copies).
+    pub scrub_errors: u64,
+    pub objects_scrubbed: u64,
+    /// Objects copied to or from peers by recovery and backfill, and their bytes.
+    pub objects_recovered: u64,
+    pub bytes_recovered: u64,
+    /// Replica writes answered `Missing` that needed a whole-object push.
+    pub missing_pushes: u64,
+    pub journal_checkpoints: u64,
+}
+
+/// A placement group's progress on one OSD. Versions are the PG's mutation counter assigned by
+/// its primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PgInfo {
+    /// Newest version this OSD has applied.
+    pub last_update: u64,
+    /// Every version up to this one is applied here (no gaps).
+    pub last_complete: u64,
+    /// The log holds every entry after this version up to `last_update`.
+    pub log_tail: u64,
+}
+
+/// What a PG log entry did to its object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogOp {
+    Modify,
+    Delete,
+}
+
+/// One entry of a placement group's log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub version: u64,
+    pub oid: Oid,
+    pub op: LogOp,
+    /// The object's version before this entry (0: it did not exist).
+    pub prior: u64,
+}
+
+/// One object of a [`PeerRequest::PgScan`] answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanItem {
+    pub oid: Oid,
+    pub version: u64,
+    pub size: u64,
+    /// crc32 over the object's chunk checksums (from metadata alone; equal data gives equal digests).
+    pub digest: u32,
+}
+
+/// A piece of an object being copied between OSDs: the whole object's metadata and `data` at
+/// `offset`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ObjectPiece {
+    pub stat: ObjectStat,
+    pub offset: u64,
+    pub data: Bytes,
 }
 
 /// OSD-to-OSD messages (owned by the OSD crate's replication and recovery code).
@@ -220,11 +312,69 @@ pub enum PeerRequest {
         prior: u64,
         oid: Oid,
         op: ObjOp,
+        /// The primary's mtime of the change, so every copy's stat agrees.
+        mtime: i64,
     },
+    /// This OSD's progress on each listed placement group it holds anything of.
+    PgInfos { epoch: u64, pgs: Vec<PgId> },
+    /// Log entries after `since` (answered `Log(None)` when the log no longer reaches back).
+    PgLog { epoch: u64, pg: PgId, since: u64 },
+    /// Objects of a placement group with versions and digests, in id order after `after`.
+    PgScan {
+        epoch: u64,
+        pg: PgId,
+        after: Option<Oid>,
+        limit: u32,
+    },
+    /// Read a piece of an object for recovery or repair (`Absent` when there is no such object).
+    Pull {
+        epoch: u64,
+        pg: PgId,
+        oid: Oid,
+        offset: u64,
+        len: u32,
+    },
+    /// Install a piece of an object copied from the primary. `first` replaces whatever copy the
+    /// replica had; `entry` (on the last piece) is the PG log entry the copy brings the replica to.
+    Push {
+        epoch: u64,
+        pg: PgId,
+        oid: Oid,
+        piece: ObjectPiece,
+        first: bool,
+        last: bool,
+        entry: Option<LogEntry>,
+    },
+    /// Remove a replica's copy of an object the primary does not have.
+    PushRemove { epoch: u64, pg: PgId, oid: Oid },
+    /// Recovery of this replica is complete through `last_update`: it merges `log` into its own
+    /// (or, when `backfilled`, replaces its log with an empty one starting at `last_update`).
+    PgActivate {
+        epoch: u64,
+        pg: PgId,
+        last_update: u64,
+        log: Vec<LogEntry>,
+        backfilled: bool,
+    },
+    /// An OSD holding a placement group outside its set asks the primary whether it may drop it.
+    PgNotify { epoch: u64, pg: PgId, info: PgInfo },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum PeerResponse {
     Applied,
     Missing,
+    Infos(Vec<(PgId, PgInfo)>),
+    Log(Option<Vec<LogEntry>>),
+    Scan {
+        objects: Vec<ScanItem>,
+        more: bool,
+    },
+    Piece(ObjectPiece),
+    Absent,
+    /// The primary's view of a placement group ([`PeerRequest::PgNotify`]).
+    PgStatus {
+        state: PgState,
+        last_update: u64,
+    },
 }

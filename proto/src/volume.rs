@@ -36,10 +36,10 @@ pub fn validate_volume(name: &str, size: u64, block_size: u32, object_size: u64)
     if block_size != 512 && block_size != 4096 {
         return Err(format!("block size {block_size}: use 512 or 4096"));
     }
-    if size == 0 || size % u64::from(block_size) != 0 {
+    if size == 0 || !size.is_multiple_of(u64::from(block_size)) {
         return Err(format!("size {size}: must be a positive multiple of the block size {block_size}"));
     }
-    if object_size < u64::from(block_size) || object_size % u64::from(block_size) != 0 || object_size > 64 << 20 {
+    if object_size < u64::from(block_size) || object_!size.is_multiple_of(u64::from(block_size)) || object_size > 64 << 20 {
         return Err(format!("object size {object_size}: a multiple of the block size, at most 64 MiB"));
     }
     Ok(())

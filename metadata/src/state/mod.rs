@@ -1,0 +1,326 @@
+//! The replicated state machine: everything raft agrees on, kept in memory and rebuilt on restart
+//! from the latest snapshot plus the log after it.
+//!
+//! Applying is deterministic: a command's outcome depends only on the state and the entry (the
+//! proposer's clock travels in the entry as `at_ms`), and a rejected command changes nothing.
+//! Every change bumps the map epoch. One module per command family: [`pool`], [`osd`],
+//! [`members`]; a new family (namespace, volumes, users) adds its fields to [`State`], a module
+//! here, and its arms in [`State::apply`].
+
+pub mod members;
+pub mod osd;
+pub mod pool;
+
+use crate::error::MetaError;
+use cairn_proto::msg::{MetaCommand, MetaResult};
+use cairn_proto::{ClusterMap, NodeId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Version byte in front of every encoded snapshot image and proposal.
+const CODEC_VERSION: u8 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// The cluster map (its `meta_leader` is never set here: it is not replicated).
+    pub map: ClusterMap,
+    /// Pool ids are never reused, so objects of a deleted pool cannot reappear in a new one.
+    pub next_pool: u32,
+}
+
+/// What a normal raft entry carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The proposer's wall clock (Unix milliseconds), so every replica records the same times.
+    pub at_ms: u64,
+    pub cmd: MetaCommand,
+}
+
+impl Proposal {
+    pub fn encode(&self) -> Vec<u8> {
+        versioned(self)
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Proposal, String> {
+        unversioned(b)
+    }
+}
+
+fn versioned<T: Serialize>(x: &T) -> Vec<u8> {
+    let mut out = vec![CODEC_VERSION];
+    bincode::serialize_into(&mut out, x).expect("in-memory bincode encoding cannot fail");
+    out
+}
+
+fn unversioned<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    match b.split_first() {
+        Some((&CODEC_VERSION, rest)) => bincode::deserialize(rest).map_err(|e| e.to_string()),
+        Some((v, _)) => Err(format!("unknown codec version {v}")),
+        None => Err("empty".into()),
+    }
+}
+
+impl State {
+    /// The state a new cluster starts from: its initial members and epoch 1.
+    pub fn bootstrap(members: &BTreeMap<NodeId, String>) -> State {
+        State {
+            map: ClusterMap {
+                epoch: 1,
+                meta_members: members.clone(),
+                ..ClusterMap::default()
+            },
+            next_pool: 1,
+        }
+    }
+
+    /// The snapshot image.
+    pub fn encode(&self) -> Vec<u8> {
+        versioned(self)
+    }
+
+    pub fn decode(b: &[u8]) -> Result<State, MetaError> {
+        unversioned(b).map_err(|e| MetaError::corrupt("M/snap_data", e))
+    }
+
+    /// Apply one command. On error nothing has changed.
+    pub fn apply(&mut self, cmd: &MetaCommand, at_ms: u64) -> Result<MetaResult, MetaError> {
+        validate(cmd)?;
+        let (result, changed) = match cmd {
+            MetaCommand::CreatePool {
+                name,
+                size,
+                min_size,
+                pg_num,
+                mode,
+                failure_domain,
+            } => pool::create(
+                self,
+                pool::NewPool {
+                    name,
+                    size: *size,
+                    min_size: *min_size,
+                    pg_num: *pg_num,
+                    mode: *mode,
+                    failure_domain: *failure_domain,
+                },
+            )?,
+            MetaCommand::DeletePool { name } => pool::delete(self, name)?,
+            MetaCommand::OsdBoot {
+                id,
+                addr,
+                host,
+                weight,
+                capacity,
+            } => osd::boot(self, *id, addr, host, *weight, *capacity)?,
+            MetaCommand::SetOsdState { id, up, in_cluster } => {
+                osd::set_state(self, *id, *up, *in_cluster, at_ms)?
+            }
+            MetaCommand::SetOsdWeight { id, weight } => osd::set_weight(self, *id, *weight)?,
+        };
+        if changed {
+            self.map.epoch += 1;
+        }
+        Ok(result)
+    }
+}
+
+/// Checks that need no state, run before proposing (so bad commands never reach the log) and
+/// again when applying.
+pub fn validate(cmd: &MetaCommand) -> Result<(), MetaError> {
+    match cmd {
+        MetaCommand::CreatePool {
+            name,
+            size,
+            min_size,
+            pg_num,
+            mode,
+            ..
+        } => pool::validate(name, *size, *min_size, *pg_num, *mode),
+        MetaCommand::DeletePool { name } => pool::validate_name(name),
+        MetaCommand::OsdBoot { addr, weight, .. } => {
+            if addr.is_empty() {
+                return Err(MetaError::invalid("osd boot needs the OSD's address"));
+            }
+            osd::validate_weight(*weight)
+        }
+        MetaCommand::SetOsdState { .. } => Ok(()),
+        MetaCommand::SetOsdWeight { weight, .. } => osd::validate_weight(*weight),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_proto::map::FailureDomain;
+    use cairn_proto::{OsdId, WriteMode};
+
+    fn pool(name: &str, size: u8, min_size: u8, pg_num: u32) -> MetaCommand {
+        MetaCommand::CreatePool {
+            name: name.into(),
+            size,
+            min_size,
+            pg_num,
+            mode: WriteMode::Sync,
+            failure_domain: FailureDomain::Osd,
+        }
+    }
+
+    fn boot(id: Option<u32>, addr: &str) -> MetaCommand {
+        MetaCommand::OsdBoot {
+            id: id.map(OsdId),
+            addr: addr.into(),
+            host: "h".into(),
+            weight: 1.0,
+            capacity: 100,
+        }
+    }
+
+    fn fresh() -> State {
+        State::bootstrap(&BTreeMap::from([(1, "a:1".to_string())]))
+    }
+
+    #[test]
+    fn snapshot_image_round_trips_and_rejects_garbage() {
+        let mut s = fresh();
+        s.apply(&pool("p", 3, 2, 64), 5).unwrap();
+        s.apply(&boot(None, "o:1"), 5).unwrap();
+        assert_eq!(State::decode(&s.encode()).unwrap(), s);
+        assert!(State::decode(b"").is_err());
+        assert!(State::decode(&[9, 1, 2]).is_err());
+        let mut img = s.encode();
+        img.truncate(img.len() / 2);
+        assert!(State::decode(&img).is_err());
+        let p = Proposal {
+            at_ms: 7,
+            cmd: pool("q", 1, 1, 1),
+        };
+        assert_eq!(Proposal::decode(&p.encode()).unwrap(), p);
+    }
+
+    #[test]
+    fn pools_validate_and_never_reuse_ids() {
+        let mut s = fresh();
+        for bad in [
+            pool("p", 0, 0, 8),
+            pool("p", 2, 3, 8),
+            pool("p", 2, 0, 8),
+            pool("p", 2, 1, 0),
+            pool("p", 2, 1, 65537),
+            pool("", 2, 1, 8),
+        ] {
+            let before = s.clone();
+            assert!(
+                matches!(s.apply(&bad, 1), Err(MetaError::Invalid { .. })),
+                "{bad:?}"
+            );
+            assert_eq!(s, before);
+        }
+        let e0 = s.map.epoch;
+        let Ok(MetaResult::Pool(a)) = s.apply(&pool("p", 3, 2, 65536), 1) else {
+            panic!()
+        };
+        assert_eq!(s.map.epoch, e0 + 1);
+        assert!(matches!(
+            s.apply(&pool("p", 1, 1, 1), 1),
+            Err(MetaError::Exists { kind: "pool", .. })
+        ));
+        s.apply(&MetaCommand::DeletePool { name: "p".into() }, 1)
+            .unwrap();
+        assert!(s.map.pools.is_empty());
+        let Ok(MetaResult::Pool(b)) = s.apply(&pool("p", 3, 2, 8), 1) else {
+            panic!()
+        };
+        assert_ne!(a, b);
+        assert!(matches!(
+            s.apply(
+                &MetaCommand::DeletePool {
+                    name: "nope".into()
+                },
+                1
+            ),
+            Err(MetaError::NotFound { kind: "pool", .. })
+        ));
+        assert_eq!(s.map.epoch, e0 + 3);
+    }
+
+    #[test]
+    fn osd_boot_assigns_the_next_free_id_and_state_changes_bump_the_epoch() {
+        let mut s = fresh();
+        assert_eq!(
+            s.apply(&boot(None, "o:0"), 1).unwrap(),
+            MetaResult::Osd(OsdId(0))
+        );
+        assert_eq!(
+            s.apply(&boot(Some(2), "o:2"), 1).unwrap(),
+            MetaResult::Osd(OsdId(2))
+        );
+        assert_eq!(
+            s.apply(&boot(None, "o:1"), 1).unwrap(),
+            MetaResult::Osd(OsdId(1))
+        );
+        assert_eq!(
+            s.apply(&boot(None, "o:3"), 1).unwrap(),
+            MetaResult::Osd(OsdId(3))
+        );
+        let e = s.map.epoch;
+        let down = MetaCommand::SetOsdState {
+            id: OsdId(1),
+            up: Some(false),
+            in_cluster: None,
+        };
+        s.apply(&down, 1234).unwrap();
+        let o = &s.map.osds[&OsdId(1)];
+        assert!(!o.up && o.in_cluster);
+        assert_eq!(o.down_since_ms, Some(1234));
+        assert_eq!(s.map.epoch, e + 1);
+        // No change, no new epoch.
+        s.apply(&down, 9999).unwrap();
+        assert_eq!(s.map.epoch, e + 1);
+        assert_eq!(s.map.osds[&OsdId(1)].down_since_ms, Some(1234));
+        // Rebooting marks it up and in again and takes the new address.
+        s.apply(
+            &MetaCommand::SetOsdState {
+                id: OsdId(1),
+                up: None,
+                in_cluster: Some(false),
+            },
+            2000,
+        )
+        .unwrap();
+        s.apply(&boot(Some(1), "o:11"), 3000).unwrap();
+        let o = &s.map.osds[&OsdId(1)];
+        assert!(o.up && o.in_cluster && o.down_since_ms.is_none());
+        assert_eq!(o.addr, "o:11");
+        assert!(matches!(
+            s.apply(
+                &MetaCommand::SetOsdWeight {
+                    id: OsdId(1),
+                    weight: f64::NAN
+                },
+                1
+            ),
+            Err(MetaError::Invalid { .. })
+        ));
+        assert!(matches!(
+            s.apply(
+                &MetaCommand::SetOsdWeight {
+                    id: OsdId(9),
+                    weight: 1.0
+                },
+                1
+            ),
+            Err(MetaError::NotFound { kind: "osd", .. })
+        ));
+        let e = s.map.epoch;
+        s.apply(
+            &MetaCommand::SetOsdWeight {
+                id: OsdId(1),
+                weight: 2.5,
+            },
+            1,
+        )
+        .unwrap();
+        assert_eq!(s.map.osds[&OsdId(1)].weight, 2.5);
+        assert_eq!(s.map.epoch, e + 1);
+    }
+}
