@@ -48,6 +48,9 @@ pub enum MetaError {
     /// The command's arguments are invalid.
     #[error("invalid: {reason}")]
     Invalid { reason: String },
+    /// A namespace operation failed with a POSIX error (the namespace is unchanged).
+    #[error("{0}")]
+    Fs(cairn_proto::fs::FsError),
     /// No answer within the time allowed (no quorum, or an election in progress).
     #[error("timed out waiting for {what}")]
     Timeout { what: &'static str },
@@ -84,6 +87,7 @@ impl From<MetaError> for WireError {
                 name,
             },
             MetaError::Invalid { reason } => WireError::Invalid { reason },
+            MetaError::Fs(e) => WireError::Fs(e),
             MetaError::Config { .. } => WireError::invalid(e.to_string()),
             // Retryable: the same request may succeed once the cluster settles.
             MetaError::Dropped { .. } | MetaError::Timeout { .. } => WireError::Timeout,

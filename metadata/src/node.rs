@@ -20,7 +20,7 @@ use crate::error::MetaError;
 use crate::state::{Proposal, State};
 use crate::storage::RaftStore;
 use crate::transport::Transport;
-use cairn_proto::msg::{MetaCommand, MetaResult};
+use cairn_proto::msg::{MetaCommand, MetaRead, MetaResponse, MetaResult};
 use cairn_proto::rpc::RpcClient;
 use cairn_proto::{ClusterMap, NodeId};
 use protobuf::Message as _;
@@ -55,9 +55,10 @@ pub(crate) enum Msg {
         change: MemberChange,
         reply: Reply<MetaResult>,
     },
-    /// A linearizable read of the map (ReadIndex).
-    ReadMap {
-        reply: Reply<ClusterMap>,
+    /// A linearizable read (ReadIndex) of the map or of other replicated state.
+    Read {
+        query: ReadKind,
+        reply: Reply<MetaResponse>,
     },
     Unreachable(NodeId),
     SnapshotStatus {
@@ -65,6 +66,14 @@ pub(crate) enum Msg {
         ok: bool,
     },
 }
+
+/// What a linearizable read returns.
+pub(crate) enum ReadKind {
+    Map,
+    State(MetaRead),
+}
+
+type PendingRead = (ReadKind, Reply<MetaResponse>);
 
 pub(crate) enum MemberChange {
     Add { id: NodeId, addr: String },
@@ -124,11 +133,11 @@ pub(crate) struct Node {
     /// Proposals awaiting their entry, by log index.
     pending: BTreeMap<u64, Pending>,
     /// Reads waiting for a leader that has committed in its term.
-    reads_deferred: Vec<Reply<ClusterMap>>,
+    reads_deferred: Vec<PendingRead>,
     /// Reads waiting for their ReadIndex, by context.
-    reads_pending: HashMap<Vec<u8>, Reply<ClusterMap>>,
+    reads_pending: HashMap<Vec<u8>, PendingRead>,
     /// Reads whose index is known, waiting for it to be applied.
-    reads_waiting: Vec<(u64, Reply<ClusterMap>)>,
+    reads_waiting: Vec<(u64, PendingRead)>,
     next_read: u64,
     removed: bool,
     leader_messages: u64,
@@ -329,12 +338,12 @@ impl Node {
                     }
                 }
             }
-            Msg::ReadMap { reply } => {
+            Msg::Read { query, reply } => {
                 if !self.is_leader() {
                     let _ = reply.send(Err(self.not_leader()));
                     return;
                 }
-                self.reads_deferred.push(reply);
+                self.reads_deferred.push((query, reply));
             }
             Msg::Unreachable(id) => self.raw.report_unreachable(id),
             Msg::SnapshotStatus { to, ok } => {
@@ -424,7 +433,7 @@ impl Node {
             return;
         }
         if !self.is_leader() {
-            for r in std::mem::take(&mut self.reads_deferred) {
+            for (_, r) in std::mem::take(&mut self.reads_deferred) {
                 let _ = r.send(Err(self.not_leader()));
             }
             return;
@@ -443,8 +452,8 @@ impl Node {
 
     fn on_read_states(&mut self, states: Vec<ReadState>) {
         for rs in states {
-            if let Some(reply) = self.reads_pending.remove(&rs.request_ctx) {
-                self.reads_waiting.push((rs.index, reply));
+            if let Some(read) = self.reads_pending.remove(&rs.request_ctx) {
+                self.reads_waiting.push((rs.index, read));
             }
         }
     }
@@ -454,8 +463,12 @@ impl Node {
         let mut i = 0;
         while i < self.reads_waiting.len() {
             if self.reads_waiting[i].0 <= applied {
-                let (_, reply) = self.reads_waiting.swap_remove(i);
-                let _ = reply.send(Ok(self.state.map.clone()));
+                let (_, (query, reply)) = self.reads_waiting.swap_remove(i);
+                let answer = match query {
+                    ReadKind::Map => Ok(MetaResponse::Map(self.state.map.clone())),
+                    ReadKind::State(q) => self.state.read(&q),
+                };
+                let _ = reply.send(answer);
             } else {
                 i += 1;
             }
@@ -466,10 +479,10 @@ impl Node {
         if self.is_leader() {
             return;
         }
-        for (_, r) in std::mem::take(&mut self.reads_pending) {
+        for (_, (_, r)) in std::mem::take(&mut self.reads_pending) {
             let _ = r.send(Err(self.not_leader()));
         }
-        for (_, r) in std::mem::take(&mut self.reads_waiting) {
+        for (_, (_, r)) in std::mem::take(&mut self.reads_waiting) {
             let _ = r.send(Err(self.not_leader()));
         }
     }
@@ -809,7 +822,16 @@ impl NodeRef {
 
     /// The map as of a ReadIndex confirmed by a quorum.
     pub async fn read_map(&self) -> Result<ClusterMap, MetaError> {
-        self.ask("a quorum to confirm the read", |reply| Msg::ReadMap {
+        match self.read(ReadKind::Map).await? {
+            MetaResponse::Map(m) => Ok(m),
+            other => Err(MetaError::invalid(format!("a map read answered {other:?}"))),
+        }
+    }
+
+    /// A linearizable read of the replicated state.
+    pub async fn read(&self, query: ReadKind) -> Result<MetaResponse, MetaError> {
+        self.ask("a quorum to confirm the read", |reply| Msg::Read {
+            query,
             reply,
         })
         .await

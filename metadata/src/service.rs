@@ -6,7 +6,7 @@
 
 use crate::error::MetaError;
 use crate::liveness::Liveness;
-use crate::node::{MemberChange, NodeRef};
+use crate::node::{MemberChange, NodeRef, ReadKind};
 use cairn_proto::msg::{
     MetaCommand, MetaRequest, MetaResponse, MetaResult, MetaStatus, OsdHeartbeat, Request, Response,
 };
@@ -67,6 +67,10 @@ impl Service {
                 self.report_failure(reporter, failed).await
             }
             MetaRequest::Status => Ok(MetaResponse::Status(self.status())),
+            MetaRequest::Read(q) => {
+                self.leader_only()?;
+                self.node.read(ReadKind::State(q)).await
+            }
             MetaRequest::AddMember { id, addr } => {
                 self.leader_only()?;
                 self.node

@@ -51,6 +51,8 @@ pub enum WireError {
     Timeout,
     #[error("shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    Fs(crate::fs::FsError),
 }
 
 impl WireError {

@@ -9,6 +9,8 @@
 //! - [`rpc`]: multiplexed RPC over TCP: a server loop around a [`rpc::Handler`] and a client pool.
 //! - [`meta_client`]: finds the metadata leader and retries through elections.
 //! - [`volume`]: block volumes as the metadata service records them.
+//! - [`iscsi`]: iSCSI targets, LUN mappings, CHAP and reservations as the metadata service keeps them.
+//! - [`fs`]: the uniform namespace: inodes, namespace operations and queries, POSIX errors.
 //! - [`error`]: errors that cross the wire.
 //!
 //! Data flow: a client builds a [`msg::Request`], [`rpc::RpcClient`] frames it with [`frame`],
@@ -19,6 +21,7 @@ pub mod error;
 pub mod frame;
 pub mod fs;
 pub mod ids;
+pub mod iscsi;
 pub mod map;
 pub mod meta_client;
 pub mod msg;

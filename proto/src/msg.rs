@@ -3,9 +3,12 @@
 //! unknown family before decoding.
 
 use crate::error::WireError;
+use crate::fs::{NsOp, NsQuery, NsReply, NsResult};
 use crate::ids::{NodeId, Oid, OsdId, PgId, PoolId};
+use crate::iscsi::{IscsiCommand, IscsiConfig};
 use crate::map::{ClusterMap, FailureDomain, PgState, WriteMode};
 use crate::object::{Filter, ObjOp, ObjectStat, QueryHit};
+use crate::volume::VolumeInfo;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +68,8 @@ pub enum MetaRequest {
     AddMember { id: NodeId, addr: String },
     /// Remove a metadata replica (raft conf change).
     RemoveMember { id: NodeId },
+    /// A linearizable read of the replicated state (ReadIndex on the leader).
+    Read(MetaRead),
     /// A raft message between replicas (protobuf-encoded `eraftpb::Message`).
     Raft(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A raft message (protobuf-encoded `eraftpb::Message`) with the sender's RPC address, so a
@@ -109,6 +114,34 @@ pub enum MetaCommand {
         id: OsdId,
         weight: f64,
     },
+    /// Create a thin block volume in a pool (by name).
+    CreateVolume {
+        name: String,
+        size: u64,
+        block_size: u32,
+        object_size: u64,
+        pool: String,
+    },
+    /// Change a volume's size (the caller frees objects past a new, smaller end).
+    ResizeVolume {
+        name: String,
+        size: u64,
+    },
+    DeleteVolume {
+        name: String,
+    },
+    Iscsi(IscsiCommand),
+    /// A namespace operation (one atomic step of the uniform namespace).
+    Ns(NsOp),
+}
+
+/// Reads of the replicated state other than the map.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum MetaRead {
+    Volumes,
+    Volume { name: String },
+    Iscsi,
+    Ns(NsQuery),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -119,6 +152,10 @@ pub enum MetaResponse {
     HeartbeatAck {
         epoch: u64,
     },
+    Volumes(Vec<VolumeInfo>),
+    Volume(VolumeInfo),
+    Iscsi(IscsiConfig),
+    Ns(NsReply),
     Status(MetaStatus),
     Done,
 }
@@ -128,6 +165,8 @@ pub enum MetaResult {
     Done,
     Osd(OsdId),
     Pool(PoolId),
+    Volume(VolumeInfo),
+    Ns(NsResult),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -29,18 +29,35 @@ impl VolumeInfo {
 }
 
 /// Checks shared by the CLI and the metadata service.
-pub fn validate_volume(name: &str, size: u64, block_size: u32, object_size: u64) -> Result<(), String> {
-    if name.is_empty() || name.len() > 128 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+pub fn validate_volume(
+    name: &str,
+    size: u64,
+    block_size: u32,
+    object_size: u64,
+) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         return Err(format!("volume name {name:?}: use 1-128 of [A-Za-z0-9-_.]"));
     }
     if block_size != 512 && block_size != 4096 {
         return Err(format!("block size {block_size}: use 512 or 4096"));
     }
     if size == 0 || !size.is_multiple_of(u64::from(block_size)) {
-        return Err(format!("size {size}: must be a positive multiple of the block size {block_size}"));
+        return Err(format!(
+            "size {size}: must be a positive multiple of the block size {block_size}"
+        ));
     }
-    if object_size < u64::from(block_size) || object_!size.is_multiple_of(u64::from(block_size)) || object_size > 64 << 20 {
-        return Err(format!("object size {object_size}: a multiple of the block size, at most 64 MiB"));
+    if object_size < u64::from(block_size)
+        || !object_size.is_multiple_of(u64::from(block_size))
+        || object_size > 64 << 20
+    {
+        return Err(format!(
+            "object size {object_size}: a multiple of the block size, at most 64 MiB"
+        ));
     }
     Ok(())
 }

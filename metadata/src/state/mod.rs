@@ -7,13 +7,19 @@
 //! [`members`]; a new family (namespace, volumes, users) adds its fields to [`State`], a module
 //! here, and its arms in [`State::apply`].
 
+pub mod iscsi;
 pub mod members;
+pub mod namespace;
 pub mod osd;
 pub mod pool;
+pub mod volume;
 
 use crate::error::MetaError;
-use cairn_proto::msg::{MetaCommand, MetaResult};
+use cairn_proto::iscsi::IscsiConfig;
+use cairn_proto::msg::{MetaCommand, MetaRead, MetaResponse, MetaResult};
+use cairn_proto::volume::VolumeInfo;
 use cairn_proto::{ClusterMap, NodeId};
+use namespace::Namespace;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -26,6 +32,13 @@ pub struct State {
     pub map: ClusterMap,
     /// Pool ids are never reused, so objects of a deleted pool cannot reappear in a new one.
     pub next_pool: u32,
+    /// Block volumes by name; ids are never reused (they name the volume's objects).
+    pub volumes: BTreeMap<String, VolumeInfo>,
+    pub next_volume: u64,
+    /// iSCSI targets, LUN mappings, CHAP secrets and persistent reservations.
+    pub iscsi: IscsiConfig,
+    /// The uniform namespace (files, directories, symlinks) that FUSE, NFS and S3 share.
+    pub ns: Namespace,
 }
 
 /// What a normal raft entry carries.
@@ -70,6 +83,35 @@ impl State {
                 ..ClusterMap::default()
             },
             next_pool: 1,
+            volumes: BTreeMap::new(),
+            next_volume: 0,
+            iscsi: IscsiConfig::default(),
+            // Time 0, not the clock: every bootstrapping replica must build the same state.
+            ns: Namespace::new(0),
+        }
+    }
+
+    /// Answer a read against the applied state.
+    pub fn read(&self, q: &MetaRead) -> Result<MetaResponse, MetaError> {
+        match q {
+            MetaRead::Volumes => Ok(MetaResponse::Volumes(
+                self.volumes.values().cloned().collect(),
+            )),
+            MetaRead::Volume { name } => self
+                .volumes
+                .get(name)
+                .cloned()
+                .map(MetaResponse::Volume)
+                .ok_or_else(|| MetaError::NotFound {
+                    kind: "volume",
+                    name: name.clone(),
+                }),
+            MetaRead::Iscsi => Ok(MetaResponse::Iscsi(self.iscsi.clone())),
+            MetaRead::Ns(q) => self
+                .ns
+                .query(q)
+                .map(MetaResponse::Ns)
+                .map_err(MetaError::Fs),
         }
     }
 
@@ -116,6 +158,34 @@ impl State {
                 osd::set_state(self, *id, *up, *in_cluster, at_ms)?
             }
             MetaCommand::SetOsdWeight { id, weight } => osd::set_weight(self, *id, *weight)?,
+            // Volumes, iSCSI configuration and the namespace are not part of the cluster map:
+            // they do not bump its epoch (OSDs and clients need not refetch the map for them).
+            MetaCommand::CreateVolume {
+                name,
+                size,
+                block_size,
+                object_size,
+                pool,
+            } => {
+                let v = volume::NewVolume {
+                    name,
+                    size: *size,
+                    block_size: *block_size,
+                    object_size: *object_size,
+                    pool,
+                };
+                (volume::create(self, v, at_ms)?, false)
+            }
+            MetaCommand::ResizeVolume { name, size } => (volume::resize(self, name, *size)?, false),
+            MetaCommand::DeleteVolume { name } => (volume::delete(self, name)?, false),
+            MetaCommand::Iscsi(c) => (iscsi::apply(self, c)?, false),
+            MetaCommand::Ns(op) => {
+                let now_ns = i64::try_from(at_ms)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1_000_000);
+                let r = self.ns.apply(op, now_ns).map_err(MetaError::Fs)?;
+                (MetaResult::Ns(r), false)
+            }
         };
         if changed {
             self.map.epoch += 1;
@@ -145,6 +215,23 @@ pub fn validate(cmd: &MetaCommand) -> Result<(), MetaError> {
         }
         MetaCommand::SetOsdState { .. } => Ok(()),
         MetaCommand::SetOsdWeight { weight, .. } => osd::validate_weight(*weight),
+        MetaCommand::CreateVolume {
+            name,
+            size,
+            block_size,
+            object_size,
+            pool,
+        } => volume::validate(&volume::NewVolume {
+            name,
+            size: *size,
+            block_size: *block_size,
+            object_size: *object_size,
+            pool,
+        }),
+        MetaCommand::ResizeVolume { .. }
+        | MetaCommand::DeleteVolume { .. }
+        | MetaCommand::Ns(_) => Ok(()),
+        MetaCommand::Iscsi(c) => iscsi::validate(c),
     }
 }
 
