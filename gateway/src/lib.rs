@@ -11,7 +11,9 @@
 //!                        ├─ scsi::spc  INQUIRY/VPD, MODE SENSE/SELECT, REPORT LUNS ...
 //!                        ├─ scsi::sbc  READ/WRITE/VERIFY/WRITE SAME/UNMAP/COMPARE AND WRITE ...
 //!                        └─ scsi::pr   persistent reservations ──> pr::ReservationStore
-//!                              └─> block::BlockDevice (MemDevice, FileDevice, later volumes)
+//!                              └─> block::BlockDevice (MemDevice, FileDevice, later volumes),
+//!                                  optionally behind cache::WriteBackCache (merges adjacent
+//!                                  writes, drops overwritten ones, FUA / SYNCHRONIZE CACHE)
 //! ```
 //!
 //! What the target serves comes from a [`target::TargetRegistry`] (target IQN → LUN →
@@ -20,12 +22,15 @@
 //! them; in-memory implementations live here.
 
 pub mod block;
+pub mod cache;
+pub mod cluster;
 pub mod error;
 pub mod iscsi;
 pub mod scsi;
 pub mod target;
 
 pub use block::{BlockDevice, BlockError, FileDevice, MemDevice};
+pub use cache::{CacheConfig, CacheStats, WriteBackCache};
 pub use error::GatewayError;
 pub use iscsi::{serve, IscsiOptions};
 pub use scsi::pr::{InMemoryReservationStore, PrState, ReservationStore};

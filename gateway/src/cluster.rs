@@ -1,0 +1,251 @@
+//! The gateway on a cairn cluster: LUNs that are replicated volumes, targets and CHAP secrets from
+//! the metadata service, and persistent reservations kept there so they survive a gateway crash
+//! and apply across gateways.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cairn_client::{ClientError, Cluster, VolumeIo};
+use cairn_proto::iscsi::{Chap, IscsiCommand, IscsiConfig};
+use cairn_proto::msg::{MetaCommand, MetaRead, MetaRequest, MetaResponse};
+use cairn_proto::volume::VolumeInfo;
+use cairn_proto::WireError;
+
+use crate::block::{BlockDevice, BlockError, Extent};
+use crate::error::GatewayError;
+use crate::scsi::pr::{PrState, ReservationStore};
+use crate::target::{ChapConfig, ChapCredentials, TargetConfig, TargetRegistry};
+
+fn block_error(e: ClientError) -> BlockError {
+    match e.wire() {
+        Some(WireError::NoSpace { .. }) => BlockError::NoSpace,
+        Some(WireError::Corrupt { offset, .. }) => BlockError::Corrupt { offset: *offset },
+        _ => match e {
+            ClientError::GaveUp { .. } | ClientError::NoPrimary { .. } => BlockError::Unavailable,
+            other => BlockError::Io(std::io::Error::other(other.to_string())),
+        },
+    }
+}
+
+/// A LUN backed by a thin replicated volume. Every acknowledged write is already durable on the
+/// OSDs (they acknowledge only journaled writes), so there is no volatile cache here: FUA and
+/// SYNCHRONIZE CACHE have nothing left to do.
+pub struct VolumeDevice {
+    vol: VolumeIo,
+}
+
+impl VolumeDevice {
+    pub fn new(vol: VolumeIo) -> VolumeDevice {
+        VolumeDevice { vol }
+    }
+
+    pub fn info(&self) -> &VolumeInfo {
+        self.vol.info()
+    }
+}
+
+#[async_trait]
+impl BlockDevice for VolumeDevice {
+    fn size(&self) -> u64 {
+        self.vol.info().size
+    }
+
+    fn block_size(&self) -> u32 {
+        self.vol.info().block_size
+    }
+
+    async fn read(&self, offset: u64, len: usize) -> Result<Bytes, BlockError> {
+        self.vol.read(offset, len as u64).await.map_err(block_error)
+    }
+
+    async fn write(&self, offset: u64, data: Bytes, _fua: bool) -> Result<(), BlockError> {
+        self.vol.write(offset, data).await.map_err(block_error)
+    }
+
+    async fn flush(&self) -> Result<(), BlockError> {
+        Ok(())
+    }
+
+    async fn unmap(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+        self.vol.unmap(offset, len).await.map_err(block_error)
+    }
+
+    fn serial(&self) -> String {
+        format!("cairn{:011x}", self.vol.info().id)
+    }
+
+    fn volatile_write_cache(&self) -> bool {
+        false
+    }
+
+    async fn mapping(&self, offset: u64) -> Result<Extent, BlockError> {
+        let os = self.vol.info().object_size;
+        let rest = (os - offset % os).min(self.size().saturating_sub(offset));
+        let mapped = self
+            .vol
+            .striped()
+            .is_mapped(offset)
+            .await
+            .map_err(block_error)?;
+        Ok(Extent { len: rest, mapped })
+    }
+}
+
+async fn meta_read(cluster: &Cluster, q: MetaRead) -> Result<MetaResponse, GatewayError> {
+    cluster
+        .meta()
+        .call(MetaRequest::Read(q))
+        .await
+        .map_err(|_| GatewayError::Unavailable {
+            service: "metadata service",
+        })
+}
+
+fn chap(c: &Option<Chap>) -> Option<ChapCredentials> {
+    c.as_ref().map(|c| ChapCredentials {
+        user: c.user.clone(),
+        secret: c.secret.clone(),
+    })
+}
+
+/// Targets, LUNs and CHAP from the metadata service. Volume devices are cached per volume (and
+/// rebuilt when the volume's size changes), so every session of a gateway shares one.
+pub struct MetaRegistry {
+    cluster: Cluster,
+    devices: Mutex<HashMap<String, Arc<VolumeDevice>>>,
+    reservations: Arc<MetaReservationStore>,
+}
+
+impl MetaRegistry {
+    pub fn new(cluster: Cluster) -> MetaRegistry {
+        MetaRegistry {
+            reservations: Arc::new(MetaReservationStore {
+                cluster: cluster.clone(),
+            }),
+            cluster,
+            devices: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn config(&self) -> Result<IscsiConfig, GatewayError> {
+        match meta_read(&self.cluster, MetaRead::Iscsi).await? {
+            MetaResponse::Iscsi(c) => Ok(c),
+            _ => Err(GatewayError::Unavailable {
+                service: "metadata service",
+            }),
+        }
+    }
+
+    async fn device(&self, volume: &str) -> Result<Option<Arc<dyn BlockDevice>>, GatewayError> {
+        let info = match meta_read(
+            &self.cluster,
+            MetaRead::Volume {
+                name: volume.to_string(),
+            },
+        )
+        .await
+        {
+            Ok(MetaResponse::Volume(v)) => v,
+            _ => return Ok(None),
+        };
+        if let Some(d) = self.devices.lock().expect("devices lock").get(volume) {
+            if d.info() == &info {
+                return Ok(Some(d.clone()));
+            }
+        }
+        let vol = VolumeIo::open(&self.cluster, info)
+            .await
+            .map_err(|_| GatewayError::Unavailable { service: "cluster" })?;
+        let dev = Arc::new(VolumeDevice::new(vol));
+        self.devices
+            .lock()
+            .expect("devices lock")
+            .insert(volume.to_string(), dev.clone());
+        Ok(Some(dev))
+    }
+}
+
+#[async_trait]
+impl TargetRegistry for MetaRegistry {
+    async fn target_names(&self) -> Result<Vec<String>, GatewayError> {
+        Ok(self.config().await?.targets.into_keys().collect())
+    }
+
+    async fn lookup(&self, iqn: &str) -> Result<Option<Arc<TargetConfig>>, GatewayError> {
+        let cfg = self.config().await?;
+        let Some(t) = cfg.targets.get(iqn) else {
+            return Ok(None);
+        };
+        let mut tc = TargetConfig::new(iqn);
+        for (lun, vol) in &t.luns {
+            match self.device(vol).await? {
+                Some(d) => tc = tc.with_lun(*lun, d),
+                None => {
+                    tracing::warn!(%iqn, lun, volume = %vol, "LUN's volume is missing; not served")
+                }
+            }
+        }
+        tc.chap = ChapConfig {
+            initiator: chap(&t.chap),
+            target: chap(&t.mutual_chap),
+        };
+        tc.allowed_initiators = t.allowed_initiators.clone();
+        Ok(Some(Arc::new(tc)))
+    }
+
+    async fn discovery_chap(&self) -> Result<ChapConfig, GatewayError> {
+        Ok(ChapConfig {
+            initiator: chap(&self.config().await?.discovery_chap),
+            target: None,
+        })
+    }
+
+    fn reservations(&self) -> Arc<dyn ReservationStore> {
+        self.reservations.clone()
+    }
+}
+
+/// Persistent reservations in the metadata service: every PR OUT is a raft proposal, so the
+/// state survives the gateway and every gateway sees the same reservations.
+pub struct MetaReservationStore {
+    cluster: Cluster,
+}
+
+#[async_trait]
+impl ReservationStore for MetaReservationStore {
+    async fn load(&self, target: &str, lun: u64) -> Result<Option<PrState>, GatewayError> {
+        let cfg = match meta_read(&self.cluster, MetaRead::Iscsi).await? {
+            MetaResponse::Iscsi(c) => c,
+            _ => {
+                return Err(GatewayError::Unavailable {
+                    service: "metadata service",
+                })
+            }
+        };
+        match cfg.reservations.get(target).and_then(|m| m.get(&lun)) {
+            None => Ok(None),
+            Some(b) => bincode::deserialize(b)
+                .map(Some)
+                .map_err(|_| GatewayError::Protocol("stored reservation state does not decode")),
+        }
+    }
+
+    async fn save(&self, target: &str, lun: u64, state: &PrState) -> Result<(), GatewayError> {
+        let state = bincode::serialize(state)
+            .map_err(|_| GatewayError::Protocol("reservation state does not encode"))?;
+        self.cluster
+            .meta()
+            .command(MetaCommand::Iscsi(IscsiCommand::SaveReservations {
+                iqn: target.to_string(),
+                lun,
+                state,
+            }))
+            .await
+            .map_err(|_| GatewayError::Unavailable {
+                service: "metadata service",
+            })?;
+        Ok(())
+    }
+}
