@@ -1,1 +1,34 @@
-//! cairn-osd
+//! cairn-osd: the object storage device.
+//!
+//! Parts, bottom up:
+//! - [`store`]: the object store trait and its implementations (sled + data files; memory).
+//!   Objects with checksummed chunks, typed-field indexes, per-PG logs and infos.
+//! - [`journal`]: the write-ahead journal trait and the file journal (group commit, torn tails).
+//! - [`durable`]: journal → apply → (checkpoint: sync store, trim journal); replay on start.
+//! - [`server`]: the daemon: boot with the metadata service, heartbeats, map, RPC handler.
+//! - `replication`: client ops on the primary, sub-ops to replicas, pushes, read repair.
+//! - `recovery`: peering, log recovery, backfill, stray cleanup.
+//! - `scrub`: background checksum verification and replica comparison.
+//! - [`worker`]: the common shape of background workers.
+//!
+//! A write: client → primary (PG lock) → journal append (durable) → store apply → sub-ops to
+//! the replicas (each journals and applies) → ack. A read: primary → store (checksums verified;
+//! a bad copy is repaired from a replica first) → client.
+
+pub mod config;
+pub mod durable;
+pub mod error;
+pub mod journal;
+mod pg;
+mod recovery;
+mod replication;
+mod scrub;
+pub mod server;
+mod stats;
+pub mod store;
+mod throttle;
+pub mod worker;
+
+pub use config::OsdConfig;
+pub use error::{Error, Result};
+pub use server::{run, Osd, OsdHandle};

@@ -183,9 +183,69 @@ pub enum NsOp {
     /// to the next pinned directory, store their data there; existing files keep their pool until
     /// a background migration moves them.
     Pin { ino: Ino, pool: Option<PoolId> },
+    /// Grow file `ino` to at least `size` (a write past the end of file): a larger size is set,
+    /// with mtime and ctime now; a smaller or equal one leaves the size alone but still sets the
+    /// times. Unlike `SetAttr { size }` it never shrinks, so writers racing to extend a file
+    /// cannot cut each other's data off.
+    Extend { ino: Ino, size: u64 },
+    /// Start or renew lock session `session` (one per mount or gateway, a random number chosen by
+    /// it): its locks stay valid until `ttl_ms` after this op. A session not renewed in time
+    /// expires: its locks stop conflicting at once and are dropped by the next lock op.
+    RenewSession { session: u64, ttl_ms: u32 },
+    /// End a session and drop all of its locks (a clean unmount).
+    EndSession { session: u64 },
+    /// Take, change or release (`kind: None`) an advisory byte-range lock of `owner` in `session`
+    /// on bytes `start..=end` of `ino` (POSIX `fcntl` semantics: an owner's own locks are
+    /// replaced or split, never conflict; `flock` maps to the whole range). Fails with
+    /// [`FsError::WouldBlock`] on a conflicting lock of another owner (callers wanting to wait
+    /// poll), and with [`FsError::Stale`] when the session is unknown or expired.
+    SetLock {
+        ino: Ino,
+        lock: LockSpec,
+        kind: Option<LockKind>,
+    },
+    /// Which lock, if any, would block `kind` on `lock` (`F_GETLK`). An op rather than a query so
+    /// that session expiry is judged by the same clock as [`NsOp::SetLock`].
+    TestLock {
+        ino: Ino,
+        lock: LockSpec,
+        kind: LockKind,
+    },
     /// Apply every op in order, all or none: the first failure is the batch's error and undoes the
-    /// ops before it.
+    /// ops before it. Lock and session ops cannot be batched ([`FsError::Invalid`]).
     Batch(Vec<NsOp>),
+}
+
+/// Shared (read) or exclusive (write) advisory lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockKind {
+    Shared,
+    Exclusive,
+}
+
+/// Who asks for which bytes in a lock op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockSpec {
+    /// The lock session (mount) of the owner.
+    pub session: u64,
+    /// The owner inside its session (FUSE's `lock_owner`).
+    pub owner: u64,
+    /// The process asking, reported to `F_GETLK` callers.
+    pub pid: u32,
+    /// First and last byte, inclusive (`u64::MAX`: to the end of file, whatever it becomes).
+    pub start: u64,
+    pub end: u64,
+}
+
+/// A lock held, as [`NsOp::TestLock`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldLock {
+    pub kind: LockKind,
+    pub session: u64,
+    pub owner: u64,
+    pub pid: u32,
+    pub start: u64,
+    pub end: u64,
 }
 
 /// The data of a file whose last link went: the caller deletes its objects
@@ -218,6 +278,8 @@ pub enum NsResult {
     Done,
     /// One result per op of an [`NsOp::Batch`], in order.
     Batch(Vec<NsResult>),
+    /// [`NsOp::TestLock`]: the first conflicting lock, or `None` when the lock could be taken.
+    LockTest(Option<HeldLock>),
 }
 
 /// A namespace read. Reads do not change atime; callers that want it set it with
@@ -332,6 +394,8 @@ pub enum FsError {
     NoData,
     #[error("stale file handle: no such inode (ESTALE)")]
     Stale,
+    #[error("resource temporarily unavailable: conflicting lock (EAGAIN)")]
+    WouldBlock,
 }
 
 impl FsError {
@@ -357,6 +421,7 @@ impl FsError {
             FsError::Loop => 40,
             FsError::NoData => 61,
             FsError::Stale => 116,
+            FsError::WouldBlock => 11,
         }
     }
 }
@@ -387,6 +452,7 @@ mod tests {
             (FsError::Loop, 40),
             (FsError::NoData, 61),
             (FsError::Stale, 116),
+            (FsError::WouldBlock, 11),
         ];
         for (e, n) in table {
             assert_eq!(e.errno(), n, "{e}");

@@ -1,0 +1,112 @@
+//! Per-placement-group runtime state on one OSD: the lock that orders its mutations, and (on the
+//! primary) how far peering and recovery have got.
+
+use cairn_proto::{ClusterMap, OsdId, PgId, PgState};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+/// One placement group's slot.
+#[derive(Default)]
+pub struct PgSlot {
+    /// Held across journal + replication of each mutation (so replicas get them in version
+    /// order), across each recovery push, and while peering.
+    pub lock: tokio::sync::Mutex<()>,
+    pub rt: Mutex<PgRt>,
+    /// Semi-synchronous mode: permits for unacknowledged remote writes (and the window size).
+    window: Mutex<Option<(u32, Arc<Semaphore>)>>,
+    /// Asynchronous modes: the last background replication task, which the next one waits for.
+    sender: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What the primary knows about a placement group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PgRt {
+    /// The map epoch peering last finished at (`None`: not peered as primary). Every new map
+    /// means a new peering round: an intermediate map we never saw may have had another primary.
+    pub peered_epoch: Option<u64>,
+    pub peering: bool,
+    /// Members being brought up to date.
+    pub recovering: BTreeSet<OsdId>,
+    /// Set when someone asked for a new peering round (a stray that is ahead, a failed round).
+    pub repeer: bool,
+}
+
+impl PgSlot {
+    pub fn rt(&self) -> std::sync::MutexGuard<'_, PgRt> {
+        self.rt.lock().expect("pg runtime lock")
+    }
+
+    /// Whether the primary may serve client I/O under `map`.
+    pub fn active_for(&self, map: &ClusterMap) -> bool {
+        let rt = self.rt();
+        !rt.peering && rt.peered_epoch == Some(map.epoch)
+    }
+
+    /// The semaphore bounding unacknowledged remote writes to `window`.
+    pub fn window(&self, window: u32) -> Arc<Semaphore> {
+        let mut w = self.window.lock().expect("window lock");
+        match &*w {
+            Some((n, s)) if *n == window => s.clone(),
+            _ => {
+                let s = Arc::new(Semaphore::new(window as usize));
+                *w = Some((window, s.clone()));
+                s
+            }
+        }
+    }
+
+    /// The tail of this PG's background replication chain.
+    pub fn sender(&self) -> std::sync::MutexGuard<'_, Option<JoinHandle<()>>> {
+        self.sender.lock().expect("sender lock")
+    }
+
+    /// The state the primary reports.
+    pub fn state(&self, map: &ClusterMap, pg: PgId) -> PgState {
+        let Some(pool) = map.pools.get(&pg.pool) else {
+            return PgState::Inactive;
+        };
+        let up = map.pg_up(pg);
+        if up.len() < usize::from(pool.min_size) {
+            return PgState::Inactive;
+        }
+        let rt = self.rt();
+        if rt.peering || rt.peered_epoch != Some(map.epoch) {
+            return PgState::Peering;
+        }
+        if !rt.recovering.is_empty() {
+            return PgState::Recovering;
+        }
+        if up.len() < usize::from(pool.size) || map.pg_osds(pg).len() < usize::from(pool.size) {
+            return PgState::Degraded;
+        }
+        PgState::ActiveClean
+    }
+}
+
+/// Every slot this OSD has touched.
+#[derive(Default)]
+pub struct Pgs {
+    slots: Mutex<HashMap<PgId, Arc<PgSlot>>>,
+}
+
+impl Pgs {
+    pub fn get(&self, pg: PgId) -> Arc<PgSlot> {
+        self.slots
+            .lock()
+            .expect("pgs lock")
+            .entry(pg)
+            .or_default()
+            .clone()
+    }
+
+    pub fn known(&self) -> Vec<(PgId, Arc<PgSlot>)> {
+        self.slots
+            .lock()
+            .expect("pgs lock")
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
+    }
+}
