@@ -24,8 +24,10 @@
 pub mod block;
 pub mod cache;
 pub mod cluster;
+pub mod daemon;
 pub mod error;
 pub mod iscsi;
+pub mod nfs;
 pub mod scsi;
 pub mod target;
 

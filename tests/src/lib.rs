@@ -1,1 +1,322 @@
-//! cairn-tests
+//! cairn-tests: harnesses for multi-process clusters on 127.0.0.1.
+//!
+//! [`ProcCluster`] runs every metadata replica and OSD as its own `cairn` process (the binary the
+//! workspace builds), each with a directory under one temporary root, so tests can `kill -9` any
+//! one of them, restart it on the same port and directory, and check what survived. Every child is
+//! killed when the cluster is dropped.
+
+use anyhow::{bail, Context, Result};
+use cairn_client::Cluster;
+use cairn_proto::ClusterMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `cairn` binary: `$CAIRN_BIN`, or `cairn` beside the test binary's `deps/` folder
+/// (`cargo build` puts it there; `scripts/test.sh` builds it before running the tests).
+pub fn cairn_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CAIRN_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .expect("deps dir")
+        .parent()
+        .expect("profile dir");
+    let bin = dir.join("cairn");
+    assert!(
+        bin.exists(),
+        "the cairn binary is missing at {}: run `cargo build -p cairn` first (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the OS does not hand it out again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// One daemon process that can be killed and restarted with the same arguments.
+pub struct Daemon {
+    pub name: String,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn spawn(name: &str, args: Vec<String>, log_dir: &Path) -> Result<Daemon> {
+        let mut d = Daemon {
+            name: name.to_string(),
+            args,
+            log: log_dir.join(format!("{name}.log")),
+            child: None,
+        };
+        d.start()?;
+        Ok(d)
+    }
+
+    pub fn start(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("{} is already running", self.name);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(cairn_bin())
+            .args(&self.args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {}", self.name))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (up to 20 s, then SIGKILL).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            send_signal(c.id(), libc::SIGTERM);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(20) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+/// Send a signal through the `kill` command (the workspace forbids unsafe code, so no libc::kill).
+pub fn send_signal(pid: u32, sig: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Knobs of a test cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOpts {
+    pub metas: usize,
+    pub osds: usize,
+    /// Milliseconds without heartbeats before an OSD is marked down / out.
+    pub osd_down_after_ms: u64,
+    pub osd_out_after_ms: u64,
+    /// Per-OSD capacity limit in bytes (0: the file system's).
+    pub osd_capacity: u64,
+}
+
+impl Default for ClusterOpts {
+    fn default() -> Self {
+        ClusterOpts {
+            metas: 3,
+            osds: 3,
+            osd_down_after_ms: 4000,
+            osd_out_after_ms: 600_000,
+            osd_capacity: 0,
+        }
+    }
+}
+
+/// A cluster of `cairn meta` and `cairn osd` processes on 127.0.0.1.
+pub struct ProcCluster {
+    pub dir: tempfile::TempDir,
+    pub metas: Vec<Daemon>,
+    pub osds: Vec<Daemon>,
+    pub meta_addrs: Vec<String>,
+    pub osd_addrs: Vec<String>,
+    pub opts: ClusterOpts,
+}
+
+impl ProcCluster {
+    pub async fn start(opts: ClusterOpts) -> Result<ProcCluster> {
+        let dir = tempfile::Builder::new().prefix("cairn-test-").tempdir()?;
+        let meta_addrs: Vec<String> = (0..opts.metas)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let peers: Vec<String> = meta_addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect();
+        let mut metas = Vec::new();
+        for (i, addr) in meta_addrs.iter().enumerate() {
+            let args = vec![
+                "meta".into(),
+                "--id".into(),
+                (i + 1).to_string(),
+                "--listen".into(),
+                addr.clone(),
+                "--data".into(),
+                dir.path()
+                    .join(format!("meta.{}", i + 1))
+                    .display()
+                    .to_string(),
+                "--peers".into(),
+                peers.join(","),
+                "--osd-down-after-ms".into(),
+                opts.osd_down_after_ms.to_string(),
+                "--osd-out-after-ms".into(),
+                opts.osd_out_after_ms.to_string(),
+            ];
+            metas.push(Daemon::spawn(&format!("meta.{}", i + 1), args, dir.path())?);
+        }
+        let mut c = ProcCluster {
+            dir,
+            metas,
+            osds: Vec::new(),
+            meta_addrs,
+            osd_addrs: Vec::new(),
+            opts: opts.clone(),
+        };
+        for _ in 0..opts.osds {
+            c.add_osd()?;
+        }
+        c.wait_map(Duration::from_secs(60), |m| {
+            m.osds.len() == opts.osds && m.osds.values().all(|o| o.up && o.in_cluster)
+        })
+        .await
+        .context("waiting for every OSD to boot")?;
+        Ok(c)
+    }
+
+    /// Start one more OSD process; returns its index in `osds`.
+    pub fn add_osd(&mut self) -> Result<usize> {
+        let i = self.osds.len();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut args = vec![
+            "osd".into(),
+            "--listen".into(),
+            addr.clone(),
+            "--data".into(),
+            self.dir
+                .path()
+                .join(format!("osd.{i}"))
+                .display()
+                .to_string(),
+            "--meta".into(),
+            self.meta_addrs.join(","),
+        ];
+        if self.opts.osd_capacity > 0 {
+            args.push("--capacity".into());
+            args.push(self.opts.osd_capacity.to_string());
+        }
+        self.osds
+            .push(Daemon::spawn(&format!("osd.{i}"), args, self.dir.path())?);
+        self.osd_addrs.push(addr);
+        Ok(i)
+    }
+
+    pub fn osd_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("osd.{i}"))
+    }
+
+    pub async fn client(&self) -> Result<Cluster> {
+        Ok(Cluster::connect(self.meta_addrs.clone()).await?)
+    }
+
+    /// Poll the map until `cond` holds.
+    pub async fn wait_map(
+        &self,
+        timeout: Duration,
+        cond: impl Fn(&ClusterMap) -> bool,
+    ) -> Result<ClusterMap> {
+        let start = Instant::now();
+        let mut last_err = String::new();
+        while start.elapsed() < timeout {
+            match Cluster::connect(self.meta_addrs.clone()).await {
+                Ok(c) => {
+                    let m = (*c.map()).clone();
+                    if cond(&m) {
+                        return Ok(m);
+                    }
+                    last_err = format!(
+                        "epoch {} osds {:?}",
+                        m.epoch,
+                        m.osds
+                            .values()
+                            .map(|o| (o.id.0, o.up, o.in_cluster))
+                            .collect::<Vec<_>>()
+                    );
+                }
+                Err(e) => last_err = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bail!(
+            "condition not met within {timeout:?}; last: {last_err}\n{}",
+            self.logs()
+        )
+    }
+
+    /// The last lines of every daemon's log (for failure messages).
+    pub fn logs(&self) -> String {
+        self.metas
+            .iter()
+            .chain(self.osds.iter())
+            .map(|d| format!("--- {} ---\n{}", d.name, d.log_tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Run the cairn CLI against this cluster; returns stdout, fails with stderr on a non-zero exit.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(cairn_bin())
+            .args(args)
+            .env("CAIRN_META", self.meta_addrs.join(","))
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "cairn {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Object API benchmark on a fresh `cairn server`, beside fio on the same disk, in one run.
+#
+#   bench/obj.sh [SECONDS] [DIR]
+#
+# Builds cairn in release mode, starts `cairn server` with its data under DIR (default: a new
+# directory under /var/tmp, i.e. the disk, not tmpfs), runs `cairn bench obj` (PUT/GET of 4 KiB
+# and 1 MiB objects, concurrency 1 and 16, pools of size 1 and 3) and fio (1 MiB sequential write,
+# 4 KiB random write + fsync) in DIR, prints the table with ratios, and stops the server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-10}
+DIR=${2:-$(mktemp -d /var/tmp/cairn-bench.XXXXXX)}
+command -v fio >/dev/null || { echo "fio is missing: apt-get install fio" >&2; exit 1; }
+cargo build --release -p cairn >/dev/null
+BIN=target/release/cairn
+MPORT=$((17000 + RANDOM % 1000))
+OPORT=$((MPORT + 1000))
+$BIN server --data "$DIR/cluster" --meta-port $MPORT --osd-port $OPORT >"$DIR/server.log" 2>&1 &
+PID=$!
+trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+    grep -q "Ctrl-C stops" "$DIR/server.log" && break
+    kill -0 $PID 2>/dev/null || { cat "$DIR/server.log"; exit 1; }
+    sleep 0.3
+done
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+$BIN bench --meta "127.0.0.1:$MPORT" obj --seconds "$SECS" --fio-dir "$DIR"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

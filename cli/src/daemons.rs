@@ -1,0 +1,380 @@
+//! `cairn meta`, `cairn osd` and `cairn server`: run daemons from a TOML file and flags, or a whole
+//! local cluster with no configuration at all.
+
+use crate::util::parse_size;
+use anyhow::{bail, Context, Result};
+use cairn_client::{Cluster, PoolSpec};
+use cairn_gateway::daemon::GatewayConfig;
+use cairn_metadata::{MetaConfig, MetaNode};
+use cairn_osd::{Osd, OsdConfig};
+use cairn_proto::msg::{MetaRequest, MetaResponse};
+use cairn_proto::NodeId;
+use clap::{Args, Subcommand};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct MetaArgs {
+    /// TOML configuration (see deploy/meta.toml); flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Raft node id of this replica (non-zero).
+    #[arg(long)]
+    id: Option<NodeId>,
+    /// Address to listen on (ip:port).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data directory.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Initial voters: `1=ip:port,2=ip:port,...` (this replica included).
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Start empty and wait to be added with `cairn meta add`.
+    #[arg(long)]
+    join: bool,
+    #[arg(long)]
+    osd_down_after_ms: Option<u64>,
+    #[arg(long)]
+    osd_out_after_ms: Option<u64>,
+    #[command(subcommand)]
+    action: Option<MetaAction>,
+}
+
+#[derive(Subcommand)]
+pub enum MetaAction {
+    /// Add a running replica (started with --join) to the metadata service.
+    Add {
+        id: NodeId,
+        addr: String,
+        /// Metadata service to change (any replica), comma separated.
+        #[arg(
+            long = "cluster",
+            env = "CAIRN_META",
+            default_value = "127.0.0.1:7000",
+            value_delimiter = ','
+        )]
+        cluster: Vec<String>,
+    },
+    /// Remove a replica from the metadata service.
+    Remove {
+        id: NodeId,
+        #[arg(
+            long = "cluster",
+            env = "CAIRN_META",
+            default_value = "127.0.0.1:7000",
+            value_delimiter = ','
+        )]
+        cluster: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct OsdArgs {
+    /// TOML configuration (see deploy/osd.toml); flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Address to listen on (ip:port).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Metadata service addresses, comma separated.
+    #[arg(long, env = "CAIRN_META", value_delimiter = ',')]
+    meta: Vec<String>,
+    /// Host name (failure domain); default: this machine's.
+    #[arg(long)]
+    host: Option<String>,
+    #[arg(long)]
+    weight: Option<f64>,
+    /// Capacity limit (e.g. 100G); default: the file system's size.
+    #[arg(long)]
+    capacity: Option<String>,
+}
+
+#[derive(Args)]
+pub struct GatewayArgs {
+    /// TOML configuration (see deploy/gateway.toml); flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Metadata service addresses, comma separated.
+    #[arg(long, env = "CAIRN_META", value_delimiter = ',')]
+    meta: Vec<String>,
+    /// iSCSI portal address (ip:port).
+    #[arg(long)]
+    iscsi: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Directory holding every daemon's data (created if missing).
+    #[arg(long, default_value = "cairn-data")]
+    data: PathBuf,
+    /// Number of metadata replicas.
+    #[arg(long = "meta", default_value_t = 3)]
+    metas: usize,
+    /// Number of OSDs.
+    #[arg(long, default_value_t = 3)]
+    osds: usize,
+    /// IP address every endpoint binds.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: String,
+    /// First metadata port (replica i listens on port + i).
+    #[arg(long, default_value_t = 7000)]
+    meta_port: u16,
+    /// First OSD port (OSD i listens on port + i).
+    #[arg(long, default_value_t = 7100)]
+    osd_port: u16,
+    /// iSCSI portal port.
+    #[arg(long, default_value_t = 3260)]
+    iscsi_port: u16,
+    /// Replication size of the `default` pool (default: min(3, OSDs)).
+    #[arg(long)]
+    pool_size: Option<u8>,
+    /// Seconds without heartbeats before an OSD is marked down.
+    #[arg(long, default_value_t = 6)]
+    osd_down_after: u64,
+    /// Seconds down before an OSD is marked out and its data re-replicated.
+    #[arg(long, default_value_t = 600)]
+    osd_out_after: u64,
+}
+
+fn read_toml<T: serde::de::DeserializeOwned + Default>(path: &Option<PathBuf>) -> Result<T> {
+    match path {
+        None => Ok(T::default()),
+        Some(p) => {
+            let s = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
+            toml::from_str(&s).with_context(|| format!("parse {}", p.display()))
+        }
+    }
+}
+
+fn parse_peers(items: &[String]) -> Result<BTreeMap<NodeId, String>> {
+    let mut out = BTreeMap::new();
+    for i in items {
+        let (id, addr) = i
+            .split_once('=')
+            .with_context(|| format!("peer must be id=ip:port, got {i:?}"))?;
+        let id: NodeId = id
+            .parse()
+            .with_context(|| format!("bad peer id in {i:?}"))?;
+        out.insert(id, addr.to_string());
+    }
+    Ok(out)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+pub async fn run_meta(args: MetaArgs) -> Result<()> {
+    if let Some(action) = args.action {
+        let (cluster, req) = match action {
+            MetaAction::Add { id, addr, cluster } => (cluster, MetaRequest::AddMember { id, addr }),
+            MetaAction::Remove { id, cluster } => (cluster, MetaRequest::RemoveMember { id }),
+        };
+        let mc =
+            cairn_proto::meta_client::MetaClient::new(cairn_proto::rpc::RpcClient::new(), cluster);
+        match mc.call(req).await? {
+            MetaResponse::Done | MetaResponse::Applied(_) => {
+                println!("done");
+                return Ok(());
+            }
+            other => bail!("unexpected reply {other:?}"),
+        }
+    }
+    let mut cfg: MetaConfig = read_toml(&args.config)?;
+    if let Some(id) = args.id {
+        cfg.id = id;
+    }
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(d) = args.data {
+        cfg.data_dir = d;
+    }
+    if !args.peers.is_empty() {
+        cfg.peers = parse_peers(&args.peers)?;
+    }
+    if args.join {
+        cfg.join = true;
+    }
+    if let Some(v) = args.osd_down_after_ms {
+        cfg.osd_down_after_ms = v;
+    }
+    if let Some(v) = args.osd_out_after_ms {
+        cfg.osd_out_after_ms = v;
+    }
+    cfg.validate()?;
+    let node = MetaNode::start(cfg).await?;
+    tracing::info!(addr = %node.addr(), "metadata replica serving");
+    shutdown_signal().await;
+    node.stop().await?;
+    Ok(())
+}
+
+pub async fn run_osd(args: OsdArgs) -> Result<()> {
+    let mut cfg: OsdConfig = read_toml(&args.config)?;
+    if let Some(d) = args.data {
+        cfg.data_dir = d;
+    }
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if !args.meta.is_empty() {
+        cfg.meta = args.meta;
+    }
+    if let Some(h) = args.host {
+        cfg.host = h;
+    }
+    if let Some(w) = args.weight {
+        cfg.weight = w;
+    }
+    if let Some(c) = args.capacity {
+        cfg.capacity = parse_size(&c)?;
+    }
+    cfg.validate()?;
+    let osd = Osd::start(cfg).await?;
+    tracing::info!(id = %osd.id(), addr = %osd.addr(), "osd serving");
+    shutdown_signal().await;
+    osd.stop().await;
+    Ok(())
+}
+
+pub async fn run_gateway(args: GatewayArgs) -> Result<()> {
+    let mut cfg: GatewayConfig = read_toml(&args.config)?;
+    if !args.meta.is_empty() {
+        cfg.meta = args.meta;
+    }
+    if let Some(i) = args.iscsi {
+        cfg.iscsi_listen = i;
+    }
+    let gw = cairn_gateway::daemon::start(cfg).await?;
+    if let Some(a) = gw.iscsi_addr {
+        tracing::info!(addr = %a, "iSCSI portal serving");
+        println!("iscsi     iscsi://{a}");
+    }
+    shutdown_signal().await;
+    gw.stop().await?;
+    Ok(())
+}
+
+pub async fn run_server(args: ServerArgs) -> Result<()> {
+    if args.metas == 0 || args.osds == 0 {
+        bail!("--meta and --osds must be at least 1");
+    }
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("create {}", args.data.display()))?;
+    let data = args.data.canonicalize()?;
+    let peers: BTreeMap<NodeId, String> = (0..args.metas)
+        .map(|i| {
+            (
+                i as NodeId + 1,
+                format!("{}:{}", args.bind, args.meta_port as usize + i),
+            )
+        })
+        .collect();
+    let mut metas = Vec::new();
+    for (id, addr) in &peers {
+        let cfg = MetaConfig {
+            id: *id,
+            listen: addr.clone(),
+            data_dir: data.join(format!("meta.{id}")),
+            peers: peers.clone(),
+            osd_down_after_ms: args.osd_down_after * 1000,
+            osd_out_after_ms: args.osd_out_after * 1000,
+            ..MetaConfig::default()
+        };
+        cfg.validate()?;
+        metas.push(
+            MetaNode::start(cfg)
+                .await
+                .with_context(|| format!("start metadata replica {id} on {addr}"))?,
+        );
+    }
+    let meta_addrs: Vec<String> = peers.values().cloned().collect();
+    let host = hostname();
+    let mut osds = Vec::new();
+    for i in 0..args.osds {
+        let addr = format!("{}:{}", args.bind, args.osd_port as usize + i);
+        let cfg = OsdConfig {
+            data_dir: data.join(format!("osd.{i}")),
+            listen: addr.clone(),
+            meta: meta_addrs.clone(),
+            host: host.clone(),
+            ..OsdConfig::default()
+        };
+        cfg.validate()?;
+        osds.push(
+            Osd::start(cfg)
+                .await
+                .with_context(|| format!("start osd {i} on {addr}"))?,
+        );
+    }
+    let cluster = Cluster::connect(meta_addrs.clone()).await?;
+    if cluster.pool("default").await.is_err() {
+        let mut spec = PoolSpec::new("default");
+        spec.size = args.pool_size.unwrap_or(args.osds.min(3) as u8);
+        spec.min_size = if spec.size >= 3 { 2 } else { 1 };
+        cluster
+            .create_pool(spec)
+            .await
+            .context("create the default pool")?;
+    }
+    let gw = cairn_gateway::daemon::start(GatewayConfig {
+        meta: meta_addrs.clone(),
+        iscsi_listen: format!("{}:{}", args.bind, args.iscsi_port),
+        ..GatewayConfig::default()
+    })
+    .await
+    .context("start the gateway")?;
+    println!("cairn cluster running; data under {}", data.display());
+    println!("  metadata  {}", meta_addrs.join(" "));
+    for o in &osds {
+        println!("  {:<9} {}", o.id().to_string(), o.addr());
+    }
+    println!("  pool      default");
+    if let Some(a) = gw.iscsi_addr {
+        println!("  iscsi     iscsi://{a}  (cairn vol create, cairn iscsi target/lun ...)");
+    }
+    println!("try: cairn status --meta {}", meta_addrs.join(","));
+    println!("Ctrl-C stops the cluster.");
+    shutdown_signal().await;
+    eprintln!("stopping...");
+    let mut failed = Vec::new();
+    if let Err(e) = gw.stop().await {
+        failed.push(format!("gateway: {e}"));
+    }
+    for o in osds {
+        o.stop().await;
+    }
+    for m in metas {
+        if let Err(e) = m.stop().await {
+            failed.push(format!("metadata: {e}"));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("unclean stop: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs cairn's whole test suite.
+#
+#   scripts/test.sh            # install packages (Debian, as root or with sudo), build, test
+#   CAIRN_SKIP_INSTALL=1 ...   # skip the package step
+#
+# Needs: a Rust toolchain (cargo). Installs: libiscsi-bin (iscsi-test-cu, iscsi-ls, iscsi-inq,
+# iscsi-perf), fuse3 (fusermount3), fio, libnfs-utils (nfs-ls, nfs-cp), python3-boto3, s3cmd.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(libiscsi-bin fuse3 fio libnfs-utils python3-boto3 s3cmd procps e2fsprogs)
+
+install_packages() {
+    if [ "${CAIRN_SKIP_INSTALL:-}" = 1 ] || ! command -v apt-get >/dev/null 2>&1; then
+        return
+    fi
+    local missing=()
+    for p in "${PACKAGES[@]}"; do
+        dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo -n"
+    echo "==> installing ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
+}
+
+install_packages
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> build (the cairn binary is used by the multi-process tests)"
+cargo build --workspace --all-targets --locked
+
+echo "==> tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast
+else
+    cargo test --workspace --locked --no-fail-fast -- --test-threads=2
+fi
