@@ -1,14 +1,18 @@
 //! Serves one LUN over iSCSI for scripts and benchmarks.
 //!
 //! Usage: iscsi_target [--port P] [--size-mib N] [--file PATH] [--block-size B]
+//!                     [--physical-block-size B (memory LUN only)]
 //!                     [--iqn IQN] [--chap USER:SECRET] [--mutual USER:SECRET]
+//!                     [--sanitize-bytes-per-sec N] [--cache]
+//! `--cache` puts a write-back cache in front of the LUN (WCE=1: writes are acknowledged from
+//! memory until FUA or SYNCHRONIZE CACHE; everything is flushed on SIGINT / SIGTERM).
 //! Prints `iscsi://127.0.0.1:P/IQN/0` once listening; stops on SIGINT or SIGTERM.
 
 use std::sync::Arc;
 
 use cairn_gateway::{
-    serve, BlockDevice, ChapConfig, ChapCredentials, FileDevice, InMemoryRegistry, IscsiOptions,
-    MemDevice, TargetConfig,
+    serve, BlockDevice, CacheConfig, ChapConfig, ChapCredentials, FileDevice, InMemoryRegistry,
+    IscsiOptions, MemDevice, TargetConfig, WriteBackCache,
 };
 
 fn creds(v: &str) -> ChapCredentials {
@@ -29,8 +33,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut size_mib = 128u64;
     let mut file: Option<String> = None;
     let mut block_size = 512u32;
+    let mut physical_block_size: Option<u32> = None;
     let mut iqn = "iqn.2024-01.io.cairn:target0".to_string();
     let mut chap = ChapConfig::default();
+    let mut opts = IscsiOptions::default();
+    let mut cache = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
@@ -39,9 +46,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--size-mib" => size_mib = val()?.parse()?,
             "--file" => file = Some(val()?),
             "--block-size" => block_size = val()?.parse()?,
+            "--physical-block-size" => physical_block_size = Some(val()?.parse()?),
             "--iqn" => iqn = val()?,
             "--chap" => chap.initiator = Some(creds(&val()?)),
             "--mutual" => chap.target = Some(creds(&val()?)),
+            "--sanitize-bytes-per-sec" => opts.sanitize_bytes_per_sec = val()?.parse()?,
+            "--cache" => cache = true,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -53,10 +63,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             block_size,
             "cairn-file-0",
         )?),
-        None => Arc::new(MemDevice::new(size, block_size, "cairn-mem-0")),
+        None => Arc::new(
+            MemDevice::new(size, block_size, "cairn-mem-0")
+                .with_physical_block_size(physical_block_size.unwrap_or(block_size)),
+        ),
+    };
+    let dev: Arc<dyn BlockDevice> = if cache {
+        Arc::new(WriteBackCache::new(dev, CacheConfig::default()))
+    } else {
+        dev
     };
     let registry = Arc::new(InMemoryRegistry::new());
-    registry.add_target(TargetConfig::new(&iqn).with_lun(0, dev).with_chap(chap));
+    registry.add_target(
+        TargetConfig::new(&iqn)
+            .with_lun(0, Arc::clone(&dev))
+            .with_chap(chap),
+    );
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let port = listener.local_addr()?.port();
     println!("iscsi://127.0.0.1:{port}/{iqn}/0");
@@ -75,6 +97,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let _ = tx.send(true);
     });
-    serve(listener, registry, IscsiOptions::default(), rx).await?;
+    serve(listener, registry, opts, rx).await?;
+    dev.flush().await?;
     Ok(())
 }

@@ -66,6 +66,22 @@ pub trait BlockDevice: Send + Sync {
     fn read_only(&self) -> bool {
         false
     }
+    /// Whether acknowledged writes may sit in a volatile cache until [`BlockDevice::flush`]
+    /// (or a write with `fua`): reported as WCE in the caching mode page. The default is no.
+    fn volatile_write_cache(&self) -> bool {
+        false
+    }
+    /// Physical block size in bytes: a power-of-two multiple of the block size below which a
+    /// write means read-modify-write further down (512-byte emulation on 4 KiB media). The
+    /// default is the block size itself.
+    fn physical_block_size(&self) -> u32 {
+        self.block_size()
+    }
+    /// The unit in bytes in which [`BlockDevice::unmap`] really deallocates; an unmap of a part of
+    /// one only zeroes it. The default is one block.
+    fn unmap_granularity(&self) -> u64 {
+        u64::from(self.block_size())
+    }
     /// Reports the mapping state of the run starting at `offset` (GET LBA STATUS). The default
     /// reports everything as mapped, which is always a truthful answer.
     async fn mapping(&self, offset: u64) -> Result<Extent, BlockError> {
@@ -91,6 +107,7 @@ const MEM_GRANULE: u64 = 64 * 1024;
 pub struct MemDevice {
     size: u64,
     block_size: u32,
+    physical_block_size: u32,
     serial: String,
     granules: Mutex<HashMap<u64, Box<[u8]>>>,
 }
@@ -102,9 +119,21 @@ impl MemDevice {
         Self {
             size: size / bs * bs,
             block_size,
+            physical_block_size: block_size,
             serial: serial.into(),
             granules: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Reports `physical` bytes per physical block (e.g. 4096 over 512-byte blocks, as a
+    /// 512e disk does). Values that are not a power-of-two multiple of the block size are
+    /// ignored.
+    pub fn with_physical_block_size(mut self, physical: u32) -> Self {
+        let bs = self.block_size.max(1);
+        if physical >= bs && physical.is_multiple_of(bs) && (physical / bs).is_power_of_two() {
+            self.physical_block_size = physical;
+        }
+        self
     }
 
     fn granules(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Box<[u8]>>> {
@@ -120,6 +149,9 @@ impl BlockDevice for MemDevice {
     }
     fn block_size(&self) -> u32 {
         self.block_size
+    }
+    fn physical_block_size(&self) -> u32 {
+        self.physical_block_size
     }
     async fn read(&self, offset: u64, len: usize) -> Result<Bytes, BlockError> {
         check_range(offset, len as u64, self.size)?;
@@ -178,6 +210,9 @@ impl BlockDevice for MemDevice {
     }
     fn serial(&self) -> String {
         self.serial.clone()
+    }
+    fn unmap_granularity(&self) -> u64 {
+        MEM_GRANULE
     }
     async fn mapping(&self, offset: u64) -> Result<Extent, BlockError> {
         check_range(offset, 1, self.size)?;
@@ -286,6 +321,9 @@ impl BlockDevice for FileDevice {
     }
     async fn flush(&self) -> Result<(), BlockError> {
         self.blocking(|f| f.sync_data()).await
+    }
+    fn volatile_write_cache(&self) -> bool {
+        true // the page cache, until sync_data
     }
     async fn unmap(&self, offset: u64, len: u64) -> Result<(), BlockError> {
         check_range(offset, len, self.size)?;

@@ -8,7 +8,9 @@
 //! FirstBurstLength, then R2T-solicited bursts of at most MaxBurstLength, MaxOutstandingR2T
 //! at a time) before the command runs. Each command then runs as its own tokio task through
 //! [`Session::spawn_task`], so task management can abort it, and sends its Data-In (with
-//! phase-collapsed status when it is GOOD) or a SCSI Response.
+//! phase-collapsed status when it is GOOD) or a SCSI Response. A command takes its place in
+//! its LU's task set when its PDU arrives and starts when its task attribute allows: SIMPLE
+//! commands run concurrently, ORDERED ones after everything older (see `scsi::task_set`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,6 +34,7 @@ use super::session::{CmdSnCheck, Session};
 use super::text::{encode_pairs, negotiate, parse_pairs, KeyOutcome, Params};
 use crate::error::GatewayError;
 use crate::scsi::sense::{key, status, Sense};
+use crate::scsi::task_set::{TaskAttr, Ticket};
 use crate::scsi::{self, Outcome, UA_COMMANDS_CLEARED};
 
 /// Largest write a single command may stage in memory.
@@ -113,6 +116,8 @@ struct R2t {
 /// A write command collecting its Data-Out.
 struct WriteTask {
     cmd: ScsiCommand,
+    /// Its place in the LU's task set, taken when the command arrived.
+    ticket: Option<Ticket>,
     buf: BytesMut,
     received: u32,
     unsolicited_end: u32,
@@ -356,6 +361,12 @@ impl Conn {
     }
 
     async fn command(&mut self, cmd: ScsiCommand, pdu: &Pdu) {
+        // The task enters the task set in arrival order, before its Data-Out comes in.
+        let ticket = self
+            .session
+            .luns
+            .get(&lun_number(cmd.lun))
+            .map(|lu| lu.task_set().enter(TaskAttr::from_iscsi(cmd.attr)));
         if !cmd.write || cmd.edtl == 0 {
             if !cmd.immediate_data.is_empty() && !cmd.write {
                 send(
@@ -366,7 +377,7 @@ impl Conn {
                 .await;
                 return;
             }
-            self.execute(cmd, Bytes::new(), 0);
+            self.execute(cmd, Bytes::new(), 0, ticket);
             return;
         }
         let imm = cmd.immediate_data.len() as u32;
@@ -401,6 +412,7 @@ impl Conn {
         let itt = cmd.itt;
         let mut wt = WriteTask {
             cmd,
+            ticket,
             buf,
             received: imm,
             unsolicited_end,
@@ -412,7 +424,7 @@ impl Conn {
         };
         if wt.received == wt.cmd.edtl {
             let data = wt.buf.freeze();
-            self.execute(wt.cmd, data, 0);
+            self.execute(wt.cmd, data, 0, wt.ticket);
             return;
         }
         self.issue_r2ts(&mut wt).await;
@@ -500,7 +512,7 @@ impl Conn {
         if wt.received >= wt.cmd.edtl && wt.r2ts.is_empty() && wt.request_next >= wt.cmd.edtl {
             let r2ts = wt.r2tsn;
             let data = wt.buf.freeze();
-            self.execute(wt.cmd, data, r2ts);
+            self.execute(wt.cmd, data, r2ts, wt.ticket);
             return;
         }
         self.issue_r2ts(&mut wt).await;
@@ -508,7 +520,7 @@ impl Conn {
     }
 
     /// Runs a command with its complete Data-Out as a task of the session.
-    fn execute(&self, cmd: ScsiCommand, data: Bytes, r2ts: u32) {
+    fn execute(&self, cmd: ScsiCommand, data: Bytes, r2ts: u32, ticket: Option<Ticket>) {
         let meta = Meta::of(&cmd);
         let lun = lun_number(cmd.lun);
         let lu = self.session.luns.get(&lun).cloned();
@@ -517,6 +529,9 @@ impl Conn {
         let tx = self.tx.clone();
         let params = self.params.clone();
         self.session.spawn_task(cmd.itt, lun, async move {
+            if let Some(t) = &ticket {
+                t.ready().await;
+            }
             let cdb = &cmd.cdb[..];
             let mut residual = None;
             let outcome = match &lu {
@@ -553,6 +568,7 @@ impl Conn {
                 }
             };
             respond(&tx, &meta, outcome, &params, r2ts, residual).await;
+            drop(ticket);
         });
     }
 

@@ -50,6 +50,9 @@ pub struct IscsiOptions {
     pub portal_group_tag: u16,
     /// Seconds a connection may take to finish logging in.
     pub login_timeout_secs: u64,
+    /// Pace of SANITIZE OVERWRITE in bytes per second, so wiping one volume leaves bandwidth
+    /// to the others; 0 writes as fast as the device takes it.
+    pub sanitize_bytes_per_sec: u64,
 }
 
 impl Default for IscsiOptions {
@@ -66,6 +69,7 @@ impl Default for IscsiOptions {
             command_window: 128,
             portal_group_tag: 1,
             login_timeout_secs: 30,
+            sanitize_bytes_per_sec: 0,
         }
     }
 }

@@ -63,6 +63,7 @@ impl Shared {
         let lu = Arc::new(
             LogicalUnit::open(target, lun, Arc::clone(dev), self.registry.reservations()).await?,
         );
+        lu.set_sanitize_rate(self.opts.sanitize_bytes_per_sec);
         lus.insert(key, Arc::clone(&lu));
         Ok(lu)
     }

@@ -5,8 +5,8 @@
 //! MaxCmdSN), the table of running SCSI tasks (so task management can abort them from any
 //! connection or session), the LUNs resolved at login and the negotiated parameters.
 //!
-//! Commands are executed as soon as they arrive: every task is SIMPLE to us, which SAM lets a
-//! target reorder. The window still tracks CmdSN gaps exactly, so ExpCmdSN only moves past
+//! Commands run as soon as their LU's task set allows (SIMPLE ones concurrently, ORDERED ones
+//! after every older task; `scsi::task_set`). The window tracks CmdSN gaps exactly, so ExpCmdSN only moves past
 //! commands that really arrived, and commands outside the window are dropped (RFC 7143 §4.2.2.1).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -4,14 +4,18 @@
 //! keeps across I_T nexuses: pending unit attentions, the RESERVE(6) holder, persistent
 //! reservations (through a [`pr::ReservationStore`]) and the changeable mode parameters.
 //! [`LogicalUnit::execute`] runs one CDB: unit attentions first, then reservation conflicts,
-//! then the command family handler in `spc.rs` (primary commands), `sbc.rs` (block commands)
-//! or `pr.rs` (persistent reservations).
+//! then a running or failed SANITIZE, then reservation conflicts, then the command family
+//! handler in `spc.rs` (primary commands), `sbc.rs` (block commands), `pr.rs` (persistent
+//! reservations), `xcopy.rs` (EXTENDED COPY, RECEIVE COPY RESULTS) or `sanitize.rs`.
 
 pub mod cdb;
 pub mod pr;
+pub mod sanitize;
 pub mod sbc;
 pub mod sense;
 pub mod spc;
+pub mod task_set;
+pub mod xcopy;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -139,6 +143,18 @@ pub struct ModeSettings {
     pub swp: bool,
 }
 
+impl ModeSettings {
+    /// The power-on settings for `dev`: WCE is set when the device has a volatile write cache
+    /// (writes then go through with FUA only when the initiator asks, or after MODE SELECT
+    /// clears WCE).
+    pub fn for_device(dev: &dyn BlockDevice) -> Self {
+        Self {
+            wce: dev.volatile_write_cache(),
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for ModeSettings {
     fn default() -> Self {
         Self {
@@ -188,6 +204,9 @@ pub struct LogicalUnit {
     rmw: tokio::sync::Mutex<()>,
     state: Mutex<LuState>,
     last_size: Mutex<u64>,
+    pub(crate) sanitize: sanitize::Sanitizer,
+    pub(crate) copies: xcopy::CopyManager,
+    tasks: Arc<task_set::TaskSet>,
 }
 
 impl LogicalUnit {
@@ -200,6 +219,7 @@ impl LogicalUnit {
     ) -> Result<Self, GatewayError> {
         let pr = store.load(target, lun).await?.unwrap_or_default();
         let size = dev.size();
+        let mode = ModeSettings::for_device(dev.as_ref());
         Ok(Self {
             id: Identity {
                 target: target.to_string(),
@@ -211,9 +231,26 @@ impl LogicalUnit {
             pr: RwLock::new(pr),
             pr_out: tokio::sync::Mutex::new(()),
             rmw: tokio::sync::Mutex::new(()),
-            state: Mutex::new(LuState::default()),
+            state: Mutex::new(LuState {
+                mode,
+                ..LuState::default()
+            }),
             last_size: Mutex::new(size),
+            sanitize: sanitize::Sanitizer::default(),
+            copies: xcopy::CopyManager::default(),
+            tasks: Arc::new(task_set::TaskSet::default()),
         })
+    }
+
+    /// The task set commands to this LU enter in arrival order (SIMPLE / ORDERED / HEAD OF
+    /// QUEUE).
+    pub fn task_set(&self) -> &Arc<task_set::TaskSet> {
+        &self.tasks
+    }
+
+    /// Paces SANITIZE OVERWRITE at `bytes_per_sec` (0: unpaced).
+    pub fn set_sanitize_rate(&self, bytes_per_sec: u64) {
+        self.sanitize.set_rate(bytes_per_sec);
     }
 
     pub fn device(&self) -> &Arc<dyn BlockDevice> {
@@ -279,6 +316,8 @@ impl LogicalUnit {
         }
         st.ua.remove(n);
         st.known.remove(n);
+        drop(st);
+        self.copies.nexus_lost(n);
     }
 
     fn take_ua(&self, n: &Nexus) -> Option<Sense> {
@@ -319,11 +358,21 @@ impl LogicalUnit {
             self.state().known.insert(n.clone());
         }
         if opc == op::REQUEST_SENSE {
-            let pending = self.take_ua(n);
+            let pending = self
+                .take_ua(n)
+                .or_else(|| self.sanitize.blocking_condition());
             return match spc::request_sense(cdb, pending) {
                 Ok(r) => Outcome::good(r.data),
                 Err(s) => Outcome::check(s, d_sense),
             };
+        }
+        if opc != op::INQUIRY {
+            if let Some(s) = self.sanitize.blocking_condition() {
+                // After a failed sanitize, SANITIZE itself may run (again, or to exit).
+                if !(opc == op::SANITIZE && s.key == key::MEDIUM_ERROR) {
+                    return Outcome::check(s, d_sense);
+                }
+            }
         }
         if self.conflicts(n, cdb) {
             return Outcome::with_status(status::RESERVATION_CONFLICT);
@@ -344,6 +393,9 @@ impl LogicalUnit {
                 })
                 .map_err(Failure::from),
             op::PR_OUT => self.pr_out(n, cdb, &data).await,
+            op::SANITIZE => sanitize::execute(self, cdb, &data).await,
+            op::EXTENDED_COPY => xcopy::extended_copy(self, n, cdb, &data).await,
+            op::RECEIVE_COPY_RESULTS => xcopy::receive_copy_results(self, n, cdb),
             _ => match spc::execute(self, n, cdb, &data).await {
                 Some(r) => r,
                 None => sbc::execute(self, cdb, data).await,
@@ -469,6 +521,8 @@ fn access_of(cdb: &[u8]) -> Access {
         | op::ORWRITE_16
         | op::COMPARE_AND_WRITE
         | op::UNMAP
+        | op::SANITIZE
+        | op::EXTENDED_COPY
         | op::SYNCHRONIZE_CACHE_10
         | op::SYNCHRONIZE_CACHE_16
         | op::MODE_SELECT_6

@@ -12,8 +12,16 @@ use super::spc::{
 };
 use super::{truncate, CmdResult, Failure, LogicalUnit, Reply};
 
-/// Logical blocks per physical block exponent reported by READ CAPACITY(16).
-pub const LBPPBE: u8 = 3;
+/// Logical blocks per physical block exponent reported by READ CAPACITY(16), from the device's
+/// physical block size. Provisioning granularity is a different thing and is reported apart, as
+/// the OPTIMAL UNMAP GRANULARITY of VPD page B0h (from [`crate::BlockDevice::unmap_granularity`]);
+/// GET LBA STATUS reports exactly the runs the device really deallocated, starting at the
+/// requested LBA.
+pub fn lbppbe(dev: &dyn crate::BlockDevice) -> u8 {
+    let bs = dev.block_size().max(1);
+    let ratio = (dev.physical_block_size() / bs).max(1);
+    ratio.trailing_zeros().min(15) as u8
+}
 
 /// Whether `opc` is a block command handled here.
 pub fn handles(opc: u8) -> bool {
@@ -113,7 +121,7 @@ pub async fn execute(lu: &LogicalUnit, cdb: &[u8], data: Bytes) -> CmdResult {
         }
         op::READ_CAPACITY_10 => read_capacity10(&g, cdb),
         op::SERVICE_ACTION_IN_16 => match cdb[1] & 0x1f {
-            sa::READ_CAPACITY_16 => read_capacity16(&g, cdb),
+            sa::READ_CAPACITY_16 => read_capacity16(lu, &g, cdb),
             sa::GET_LBA_STATUS => get_lba_status(lu, &g, cdb).await,
             _ => Err(Sense::invalid_cdb(1).into()),
         },
@@ -377,13 +385,12 @@ fn read_capacity10(g: &Geometry, cdb: &[u8]) -> CmdResult {
     Ok(Reply::data(v))
 }
 
-fn read_capacity16(g: &Geometry, cdb: &[u8]) -> CmdResult {
+fn read_capacity16(lu: &LogicalUnit, g: &Geometry, cdb: &[u8]) -> CmdResult {
     let alloc = be32(cdb, 10) as usize;
     let mut v = vec![0u8; 32];
     v[0..8].copy_from_slice(&g.blocks.saturating_sub(1).to_be_bytes());
     v[8..12].copy_from_slice(&(g.bs as u32).to_be_bytes());
-    // 2^3 logical blocks per physical block: unmap and alignment work in 4 KiB units.
-    v[13] = LBPPBE;
+    v[13] = lbppbe(lu.device().as_ref());
     v[14] = 0x80 | 0x40; // LBPME, LBPRZ
     Ok(truncate(v, alloc))
 }

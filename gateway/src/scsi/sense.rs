@@ -29,6 +29,7 @@ pub mod key {
     pub const ILLEGAL_REQUEST: u8 = 0x05;
     pub const UNIT_ATTENTION: u8 = 0x06;
     pub const DATA_PROTECT: u8 = 0x07;
+    pub const COPY_ABORTED: u8 = 0x0a;
     pub const ABORTED_COMMAND: u8 = 0x0b;
     pub const MISCOMPARE: u8 = 0x0e;
 }
@@ -43,6 +44,9 @@ pub struct Sense {
     pub info: Option<u64>,
     /// Sense-key specific bytes: field pointer into the CDB (`cdb`, byte, bit).
     pub field: Option<FieldPointer>,
+    /// Sense-key specific bytes: progress indication (fraction of 65536 done), used with
+    /// NOT READY while a long operation such as SANITIZE runs.
+    pub progress: Option<u16>,
 }
 
 /// Points at the offending CDB or parameter-list byte (SPC-4 §4.5.2.4.2).
@@ -61,10 +65,15 @@ impl Sense {
             ascq,
             info: None,
             field: None,
+            progress: None,
         }
     }
     pub fn with_info(mut self, info: u64) -> Self {
         self.info = Some(info);
+        self
+    }
+    pub fn with_progress(mut self, progress: u16) -> Self {
+        self.progress = Some(progress);
         self
     }
     pub fn with_field(mut self, in_cdb: bool, byte: u16, bit: Option<u8>) -> Self {
@@ -104,6 +113,15 @@ impl Sense {
     pub fn miscompare(offset: u64) -> Self {
         Self::new(key::MISCOMPARE, 0x1d, 0x00).with_info(offset)
     }
+    /// NOT READY, SANITIZE IN PROGRESS, with how far it got.
+    pub fn sanitize_in_progress(progress: u16) -> Self {
+        Self::new(key::NOT_READY, 0x04, 0x1b).with_progress(progress)
+    }
+    /// MEDIUM ERROR, SANITIZE COMMAND FAILED: the unit stays in this state until SANITIZE EXIT
+    /// FAILURE MODE or a successful SANITIZE.
+    pub fn sanitize_failed() -> Self {
+        Self::new(key::MEDIUM_ERROR, 0x31, 0x03)
+    }
     pub fn internal_failure() -> Self {
         Self::new(key::HARDWARE_ERROR, 0x44, 0x00)
     }
@@ -120,6 +138,12 @@ impl Sense {
             }
             let [hi, lo] = f.byte.to_be_bytes();
             [b0, hi, lo]
+        });
+        let sks = sks.or_else(|| {
+            self.progress.map(|p| {
+                let [hi, lo] = p.to_be_bytes();
+                [0x80, hi, lo]
+            })
         });
         if descriptor {
             let mut v = vec![0x72, self.key, self.asc, self.ascq, 0, 0, 0, 0];

@@ -118,12 +118,16 @@ fn inquiry(lu: &LogicalUnit, cdb: &[u8]) -> Result<Reply, Sense> {
             v
         }
         0x83 => device_identification(lu),
+        0x8f => super::xcopy::third_party_copy_vpd(),
         0xb0 => block_limits(lu),
         0xb1 => {
             let mut v = vec![0u8; 64];
             v[1] = 0xb1;
             v[3] = 0x3c;
             v[5] = 0x01; // non-rotating medium
+                         // WABEREQ 01b / WACEREQ 01b: reads after a block or crypto erase SANITIZE
+                         // succeed (and return zeros).
+            v[7] = 0x50;
             v
         }
         0xb2 => {
@@ -135,7 +139,7 @@ fn inquiry(lu: &LogicalUnit, cdb: &[u8]) -> Result<Reply, Sense> {
     Ok(truncate(with_vpd_header(page), alloc))
 }
 
-const VPD_PAGES: [u8; 10] = [0, 0, 0, 6, 0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2];
+const VPD_PAGES: [u8; 11] = [0, 0, 0, 7, 0x00, 0x80, 0x83, 0x8f, 0xb0, 0xb1, 0xb2];
 
 fn with_vpd_header(mut page: Vec<u8>) -> Vec<u8> {
     if page.len() >= 4 {
@@ -162,7 +166,7 @@ fn identity_hash(lu: &LogicalUnit) -> u64 {
     h
 }
 
-fn device_identification(lu: &LogicalUnit) -> Vec<u8> {
+pub(crate) fn device_identification(lu: &LogicalUnit) -> Vec<u8> {
     let mut v = vec![0, 0x83, 0, 0];
     // NAA IEEE Registered Extended (6h), locally derived from the LUN identity.
     let h = identity_hash(lu);
@@ -215,7 +219,11 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
     put32(&mut v, 16, max_transfer_blocks(bs));
     put32(&mut v, 20, MAX_UNMAP_BLOCKS);
     put32(&mut v, 24, MAX_UNMAP_DESCRIPTORS);
-    put32(&mut v, 28, 1 << super::sbc::LBPPBE); // optimal unmap granularity: a physical block
+    // Optimal unmap granularity: the device deallocates whole granules; smaller unmaps only
+    // zero the range and leave it mapped.
+    let granularity =
+        (lu.device().unmap_granularity() / u64::from(bs)).clamp(1, u64::from(u32::MAX));
+    put32(&mut v, 28, granularity as u32);
     put32(&mut v, 32, 0x8000_0000);
     v[36..44].copy_from_slice(&MAX_WRITE_SAME_BLOCKS.to_be_bytes());
     put32(&mut v, 44, MAX_ATOMIC_BLOCKS);
@@ -299,7 +307,7 @@ fn mode_sense(lu: &LogicalUnit, cdb: &[u8]) -> Result<Reply, Sense> {
     }
     let changeable = pc == 1;
     let m = lu.mode();
-    let defaults = ModeSettings::default();
+    let defaults = ModeSettings::for_device(lu.device().as_ref());
     let src = if pc == 2 { &defaults } else { &m };
     if subpage != 0 && !(subpage == 0xff && page == 0x3f) {
         return Err(Sense::invalid_cdb(3));
@@ -527,6 +535,26 @@ const SUPPORTED: &[OpInfo] = &[
         usage: &[0x42, 0, 0, 0, 0, 0, 0x1f, 0xff, 0xff, 0x07],
     },
     OpInfo {
+        op: op::SANITIZE,
+        sa: Some(super::sanitize::OVERWRITE),
+        usage: &[0x48, 0xbf, 0, 0, 0, 0, 0, 0xff, 0xff, 0x07],
+    },
+    OpInfo {
+        op: op::SANITIZE,
+        sa: Some(super::sanitize::BLOCK_ERASE),
+        usage: &[0x48, 0xbf, 0, 0, 0, 0, 0, 0xff, 0xff, 0x07],
+    },
+    OpInfo {
+        op: op::SANITIZE,
+        sa: Some(super::sanitize::CRYPTO_ERASE),
+        usage: &[0x48, 0xbf, 0, 0, 0, 0, 0, 0xff, 0xff, 0x07],
+    },
+    OpInfo {
+        op: op::SANITIZE,
+        sa: Some(super::sanitize::EXIT_FAILURE_MODE),
+        usage: &[0x48, 0xbf, 0, 0, 0, 0, 0, 0xff, 0xff, 0x07],
+    },
+    OpInfo {
         op: op::MODE_SELECT_10,
         sa: None,
         usage: &[0x55, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0x07],
@@ -625,6 +653,27 @@ const SUPPORTED: &[OpInfo] = &[
         usage: &[
             0x8b, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
             0x1f, 0x07,
+        ],
+    },
+    OpInfo {
+        op: op::EXTENDED_COPY,
+        sa: Some(0x00),
+        usage: &[
+            0x83, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x07,
+        ],
+    },
+    OpInfo {
+        op: op::RECEIVE_COPY_RESULTS,
+        sa: Some(super::xcopy::rcr::COPY_STATUS),
+        usage: &[
+            0x84, 0x1f, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x07,
+        ],
+    },
+    OpInfo {
+        op: op::RECEIVE_COPY_RESULTS,
+        sa: Some(super::xcopy::rcr::OPERATING_PARAMETERS),
+        usage: &[
+            0x84, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x07,
         ],
     },
     OpInfo {
@@ -857,6 +906,9 @@ mod tests {
                             | op::PR_OUT
                             | op::REPORT_LUNS
                             | op::MAINTENANCE_IN
+                            | op::SANITIZE
+                            | op::EXTENDED_COPY
+                            | op::RECEIVE_COPY_RESULTS
                     ),
                 "{:#x}",
                 o.op

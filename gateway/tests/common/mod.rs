@@ -23,6 +23,10 @@ pub struct Target {
 
 impl Target {
     pub async fn start(targets: Vec<TargetConfig>) -> Self {
+        Self::start_with(targets, IscsiOptions::default()).await
+    }
+
+    pub async fn start_with(targets: Vec<TargetConfig>, opts: IscsiOptions) -> Self {
         let registry = Arc::new(InMemoryRegistry::new());
         for t in targets {
             registry.add_target(t);
@@ -31,7 +35,7 @@ impl Target {
         let port = listener.local_addr().unwrap().port();
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(async move {
-            serve(listener, registry, IscsiOptions::default(), rx)
+            serve(listener, registry, opts, rx)
                 .await
                 .expect("serve failed");
         });
