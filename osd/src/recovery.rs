@@ -68,10 +68,19 @@ impl Worker for PeeringWorker {
             }
         }
         if !todo.is_empty() {
-            let infos = gather_infos(sh, &map, &todo).await;
+            let (infos, silent) = gather_infos(sh, &map, &todo).await;
             for pg in todo {
                 let peers = infos.get(&pg).cloned().unwrap_or_default();
-                if let Err(e) = peer_pg(sh, &map, pg, &peers).await {
+                // An up member that did not answer may hold the newest acknowledged writes:
+                // serving without its word could lose them, so wait for it (or for the map to
+                // mark it down).
+                let r = match map.pg_up(pg).into_iter().find(|m| silent.contains(m)) {
+                    Some(m) => Err(Error::Wire(WireError::Busy { pg })).inspect_err(|_| {
+                        tracing::debug!(osd = %sh.id, %pg, member = %m, "member silent; peering later")
+                    }),
+                    None => peer_pg(sh, &map, pg, &peers).await,
+                };
+                if let Err(e) = r {
                     tracing::warn!(osd = %sh.id, %pg, error = %e, "peering failed; will retry");
                     sh.pgs.get(pg).rt().repeer = true;
                 }
@@ -95,12 +104,12 @@ impl Worker for PeeringWorker {
     }
 }
 
-/// One `PgInfos` request per up OSD, for all of `pgs`.
+/// One `PgInfos` request per up OSD, for all of `pgs`. Also returns the OSDs that did not answer.
 async fn gather_infos(
     sh: &Arc<Shared>,
     map: &ClusterMap,
     pgs: &[PgId],
-) -> HashMap<PgId, Vec<(OsdId, PgInfo)>> {
+) -> (HashMap<PgId, Vec<(OsdId, PgInfo)>>, BTreeSet<OsdId>) {
     let mut set = tokio::task::JoinSet::new();
     for (id, info) in &map.osds {
         if *id == sh.id || !info.up {
@@ -116,6 +125,7 @@ async fn gather_infos(
         });
     }
     let mut out: HashMap<PgId, Vec<(OsdId, PgInfo)>> = HashMap::new();
+    let mut silent = BTreeSet::new();
     while let Some(r) = set.join_next().await {
         match r {
             Ok((id, Ok(PeerResponse::Infos(infos)))) => {
@@ -123,12 +133,18 @@ async fn gather_infos(
                     out.entry(pg).or_default().push((id, info));
                 }
             }
-            Ok((id, Ok(other))) => tracing::debug!(%id, ?other, "unexpected info reply"),
-            Ok((id, Err(e))) => tracing::debug!(%id, error = %e, "no pg infos"),
+            Ok((id, Ok(other))) => {
+                tracing::debug!(%id, ?other, "unexpected info reply");
+                silent.insert(id);
+            }
+            Ok((id, Err(e))) => {
+                tracing::debug!(%id, error = %e, "no pg infos");
+                silent.insert(id);
+            }
             Err(_) => {}
         }
     }
-    out
+    (out, silent)
 }
 
 async fn peer_pg(

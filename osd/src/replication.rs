@@ -609,11 +609,18 @@ pub(crate) async fn handle_peer(
                 .map_err(w)?;
             Ok(PeerResponse::Applied)
         }
-        PeerRequest::PgInfos { pgs, .. } => {
+        PeerRequest::PgInfos { epoch, pgs } => {
+            // Adopt the peering primary's map first: from then on this OSD refuses mutations of
+            // older epochs. Then wait for each group's mutation in flight (it may still be
+            // acknowledged under the old map) so the answer includes every write acknowledged
+            // before the new primary took over.
+            sh.check_peer_epoch(epoch).await?;
             let held = sh.store.pgs().map_err(w)?;
             let mut out = Vec::new();
             for pg in pgs {
                 if held.binary_search(&pg).is_ok() {
+                    let slot = sh.pgs.get(pg);
+                    let _quiesced = slot.lock.lock().await;
                     out.push((pg, sh.store.pg_info(pg).map_err(w)?));
                 }
             }

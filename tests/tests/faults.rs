@@ -144,16 +144,25 @@ async fn osd_kill9_during_writes_loses_no_acknowledged_write() {
         tokio::time::sleep(Duration::from_secs(3)).await;
         stop.store(true, Ordering::Relaxed);
         for w in writers {
-            w.await??;
+            if let Err(e) = w.await? {
+                panic!("a writer failed: {e:#}\n{}", c.logs());
+            }
         }
         let acked = acked.lock().unwrap().clone();
         assert!(acked.len() > before + 200);
         for (oid, data) in &acked {
-            assert_eq!(
-                &io.get(*oid).await?,
-                data,
-                "acknowledged write of {oid} lost"
-            );
+            match io.get(*oid).await {
+                Ok(d) => assert_eq!(&d, data, "acknowledged write of {oid} changed"),
+                Err(e) => {
+                    let pg = io.pool().pg_of(*oid);
+                    let map = cl.refresh_map().await?;
+                    panic!(
+                        "acknowledged write of {oid} (pg {pg}, set {:?}) lost: {e}\n{}",
+                        map.pg_osds(pg),
+                        c.logs()
+                    );
+                }
+            }
         }
         // Every placement group returns to active+clean.
         let t = Instant::now();
