@@ -238,26 +238,26 @@ pub async fn run(meta: Vec<String>, cmd: BenchCmd) -> Result<()> {
             let data = Bytes::from(vec![0x5au8; size as usize]);
             for &conc in &concurrency {
                 let tag = (u64::from(psize) << 40) ^ (size << 8) ^ conc as u64;
-                let written = Arc::new(AtomicU64::new(0));
+                // Objects each worker wrote (worker w wrote seq 0..written[w]).
+                let written: Arc<Vec<AtomicU64>> = Arc::new((0..conc).map(|_| AtomicU64::new(0)).collect());
                 let (io2, data2, w2) = (io.clone(), data.clone(), written.clone());
                 let name = format!("put {} c{} size{}", human_bytes(size), conc, psize);
                 let put = run_phase(&name, conc, seconds, size, move |w, seq| {
                     let (io, data, written) = (io2.clone(), data2.clone(), w2.clone());
                     async move {
                         io.write_full(oid_for(tag, w, seq), data).await?;
-                        written.fetch_max(seq + 1, Ordering::Relaxed);
+                        written[w].fetch_max(seq + 1, Ordering::Relaxed);
                         Ok(())
                     }
                 })
                 .await;
-                // Read back what the PUT phase wrote (worker w wrote seq 0..n_w).
-                let max_seq = (put.ops / conc as u64).max(1);
-                let io2 = io.clone();
+                let (io2, w2) = (io.clone(), written.clone());
                 let name = format!("get {} c{} size{}", human_bytes(size), conc, psize);
                 let get = run_phase(&name, conc, seconds, size, move |w, seq| {
-                    let io = io2.clone();
+                    let (io, written) = (io2.clone(), w2.clone());
                     async move {
-                        let d = io.read(oid_for(tag, w, seq % max_seq), 0, size).await?;
+                        let n = written[w].load(Ordering::Relaxed).max(1);
+                        let d = io.read(oid_for(tag, w, seq % n), 0, size).await?;
                         if d.len() as u64 != size {
                             bail!("short read: {} of {size}", d.len());
                         }
