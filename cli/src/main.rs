@@ -2,6 +2,8 @@
 
 mod bench;
 mod daemons;
+mod mount;
+mod nfs;
 mod obj;
 mod status;
 mod util;
@@ -77,6 +79,20 @@ enum Cmd {
         #[command(subcommand)]
         cmd: vol::IscsiCmd,
     },
+    /// Mount the uniform namespace with FUSE (until unmounted, Ctrl-C or SIGTERM).
+    Mount {
+        #[command(flatten)]
+        meta: MetaAddrs,
+        #[command(flatten)]
+        args: mount::MountArgs,
+    },
+    /// Export the uniform namespace over NFSv3 (NFS and MOUNT on one port).
+    Nfs {
+        #[command(flatten)]
+        meta: MetaAddrs,
+        #[command(flatten)]
+        args: nfs::NfsArgs,
+    },
     /// Benchmarks: `cairn bench obj` measures the object API beside the disk.
     Bench {
         #[command(flatten)]
@@ -104,6 +120,8 @@ fn main() {
             Cmd::Status { meta, json } => status::run(meta.addrs, json).await,
             Cmd::Obj { meta, cmd } => obj::run(meta.addrs, cmd).await,
             Cmd::Pool { meta, cmd } => obj::run_pool(meta.addrs, cmd).await,
+            Cmd::Mount { meta, args } => mount::run_mount(meta.addrs, args).await,
+            Cmd::Nfs { meta, args } => nfs::run_nfs(meta.addrs, args).await,
             Cmd::Bench { meta, cmd } => bench::run(meta.addrs, cmd).await,
         }
     });

@@ -153,7 +153,11 @@ impl Cluster {
         loop {
             let map = self.map();
             let err = match map.pg_primary(pg) {
-                None => RpcError::Remote(WireError::Degraded { pg, up: 0, min_size: 1 }),
+                None => RpcError::Remote(WireError::Degraded {
+                    pg,
+                    up: 0,
+                    min_size: 1,
+                }),
                 Some(osd) => match self.call_osd(&map, osd, make(map.epoch)).await {
                     Ok(r) => return Ok(r),
                     Err(e) => e,
@@ -163,7 +167,10 @@ impl Cluster {
                 return Err(err.into());
             }
             if start.elapsed() >= opts.op_deadline {
-                return Err(ClientError::GaveUp { secs: start.elapsed().as_secs(), last: err });
+                return Err(ClientError::GaveUp {
+                    secs: start.elapsed().as_secs(),
+                    last: err,
+                });
             }
             tracing::debug!(%pg, error = %err, "retrying");
             let need_map = match &err {
@@ -171,7 +178,9 @@ impl Cluster {
                 RpcError::Remote(WireError::StaleEpoch { ours, theirs }) => ours > theirs,
                 RpcError::Remote(WireError::NotPrimary { .. }) => true,
                 RpcError::Remote(WireError::Degraded { .. }) => true,
-                RpcError::Connect { .. } | RpcError::Disconnected { .. } | RpcError::Timeout { .. } => true,
+                RpcError::Connect { .. }
+                | RpcError::Disconnected { .. }
+                | RpcError::Timeout { .. } => true,
                 _ => false,
             };
             let epoch = map.epoch;
@@ -204,7 +213,9 @@ impl Cluster {
             .await?
         {
             Response::Osd(r) => Ok(r),
-            other => Err(RpcError::Remote(WireError::invalid(format!("unexpected reply {other:?}")))),
+            other => Err(RpcError::Remote(WireError::invalid(format!(
+                "unexpected reply {other:?}"
+            )))),
         }
     }
 }

@@ -24,7 +24,11 @@ impl ClientError {
     /// The wire error behind this one, if the cluster answered with one.
     pub fn wire(&self) -> Option<&WireError> {
         match self {
-            ClientError::Rpc(RpcError::Remote(e)) | ClientError::GaveUp { last: RpcError::Remote(e), .. } => Some(e),
+            ClientError::Rpc(RpcError::Remote(e))
+            | ClientError::GaveUp {
+                last: RpcError::Remote(e),
+                ..
+            } => Some(e),
             _ => None,
         }
     }

@@ -9,12 +9,14 @@
 
 mod cluster;
 mod error;
+mod fs;
 mod objects;
 mod striped;
 mod volume;
 
 pub use cluster::{ClientOptions, Cluster, PoolSpec};
 pub use error::{ClientError, Result};
+pub use fs::{FsCapacity, FsClient, SetAttrs, DEFAULT_FILE_POOL};
 pub use objects::PoolIo;
 pub use striped::Striped;
 pub use volume::VolumeIo;

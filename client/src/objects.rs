@@ -24,7 +24,10 @@ pub struct PoolIo {
 impl Cluster {
     /// Object I/O on the pool called `name`.
     pub async fn pool_io(&self, name: &str) -> Result<PoolIo> {
-        Ok(PoolIo { cluster: self.clone(), pool: self.pool(name).await? })
+        Ok(PoolIo {
+            cluster: self.clone(),
+            pool: self.pool(name).await?,
+        })
     }
 }
 
@@ -47,7 +50,12 @@ impl PoolIo {
         let pg = self.pool.pg_of(oid);
         match self
             .cluster
-            .call_primary(pg, |epoch| OsdRequest::Mutate { epoch, pool, oid, op: op.clone() })
+            .call_primary(pg, |epoch| OsdRequest::Mutate {
+                epoch,
+                pool,
+                oid,
+                op: op.clone(),
+            })
             .await?
         {
             OsdResponse::Mutated { version } => Ok(version),
@@ -69,7 +77,13 @@ impl PoolIo {
         while off < data.len() || (off == 0 && data.is_empty()) {
             let end = (off + chunk).min(data.len());
             last = self
-                .mutate(oid, ObjOp::Write { offset: offset + off as u64, data: data.slice(off..end) })
+                .mutate(
+                    oid,
+                    ObjOp::Write {
+                        offset: offset + off as u64,
+                        data: data.slice(off..end),
+                    },
+                )
                 .await?;
             if data.is_empty() {
                 break;
@@ -103,14 +117,25 @@ impl PoolIo {
         otype: &str,
         fields: BTreeMap<String, Value>,
     ) -> Result<u64> {
-        self.mutate(oid, ObjOp::SetTyped { otype: otype.to_string(), fields }).await
+        self.mutate(
+            oid,
+            ObjOp::SetTyped {
+                otype: otype.to_string(),
+                fields,
+            },
+        )
+        .await
     }
 
     pub async fn stat(&self, oid: Oid) -> Result<ObjectStat> {
         let pool = self.pool.id;
         match self
             .cluster
-            .call_primary(self.pool.pg_of(oid), |epoch| OsdRequest::Stat { epoch, pool, oid })
+            .call_primary(self.pool.pg_of(oid), |epoch| OsdRequest::Stat {
+                epoch,
+                pool,
+                oid,
+            })
             .await?
         {
             OsdResponse::Stat(s) => Ok(s),
@@ -230,9 +255,16 @@ impl PoolIo {
         loop {
             let r = self
                 .cluster
-                .call_primary(pg, |epoch| OsdRequest::List { epoch, pg, after, limit: PAGE })
+                .call_primary(pg, |epoch| OsdRequest::List {
+                    epoch,
+                    pg,
+                    after,
+                    limit: PAGE,
+                })
                 .await?;
-            let OsdResponse::List { objects, more } = r else { return Err(unexpected(r)) };
+            let OsdResponse::List { objects, more } = r else {
+                return Err(unexpected(r));
+            };
             after = objects.last().map(|o| o.0);
             out.extend(objects);
             if !more || after.is_none() {
@@ -249,7 +281,9 @@ impl PoolIo {
     /// `QueryExtent(otype, filter)`: evaluated on the OSDs (each primary over its placement groups),
     /// merged here in object-id order.
     pub async fn query(&self, otype: &str, filter: &Filter) -> Result<Vec<QueryHit>> {
-        filter.validate().map_err(|e| ClientError::Protocol(e.to_string()))?;
+        filter
+            .validate()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let deadline = std::time::Instant::now() + self.cluster.options().op_deadline;
         'attempt: loop {
             let map = self.cluster.map();

@@ -38,7 +38,12 @@ fn pieces(object_size: u64, offset: u64, len: u64) -> Vec<Piece> {
         let index = pos / object_size;
         let at = pos % object_size;
         let n = (object_size - at).min(end - pos);
-        out.push(Piece { index, at, len: n, buf_off: pos - offset });
+        out.push(Piece {
+            index,
+            at,
+            len: n,
+            buf_off: pos - offset,
+        });
         pos += n;
     }
     out
@@ -47,7 +52,12 @@ fn pieces(object_size: u64, offset: u64, len: u64) -> Vec<Piece> {
 impl Striped {
     pub fn new(io: PoolIo, kind: PieceKind, owner: u64, object_size: u64) -> Striped {
         assert!(object_size > 0, "object size must be positive");
-        Striped { io, kind, owner, object_size }
+        Striped {
+            io,
+            kind,
+            owner,
+            object_size,
+        }
     }
 
     pub fn object_size(&self) -> u64 {
@@ -90,7 +100,12 @@ impl Striped {
         stream::iter(pieces(self.object_size, offset, data.len() as u64))
             .map(|p| {
                 let slice = data.slice(p.buf_off as usize..(p.buf_off + p.len) as usize);
-                async move { self.io.write(self.oid(p.index), p.at, slice).await.map(|_| ()) }
+                async move {
+                    self.io
+                        .write(self.oid(p.index), p.at, slice)
+                        .await
+                        .map(|_| ())
+                }
             })
             .buffer_unordered(PARALLEL)
             .try_collect::<Vec<()>>()
@@ -169,13 +184,41 @@ mod tests {
         assert_eq!(
             ps,
             vec![
-                Piece { index: 0, at: 7, len: 3, buf_off: 0 },
-                Piece { index: 1, at: 0, len: 10, buf_off: 3 },
-                Piece { index: 2, at: 0, len: 10, buf_off: 13 },
-                Piece { index: 3, at: 0, len: 2, buf_off: 23 },
+                Piece {
+                    index: 0,
+                    at: 7,
+                    len: 3,
+                    buf_off: 0
+                },
+                Piece {
+                    index: 1,
+                    at: 0,
+                    len: 10,
+                    buf_off: 3
+                },
+                Piece {
+                    index: 2,
+                    at: 0,
+                    len: 10,
+                    buf_off: 13
+                },
+                Piece {
+                    index: 3,
+                    at: 0,
+                    len: 2,
+                    buf_off: 23
+                },
             ]
         );
         assert!(pieces(10, 5, 0).is_empty());
-        assert_eq!(pieces(10, 20, 10), vec![Piece { index: 2, at: 0, len: 10, buf_off: 0 }]);
+        assert_eq!(
+            pieces(10, 20, 10),
+            vec![Piece {
+                index: 2,
+                at: 0,
+                len: 10,
+                buf_off: 0
+            }]
+        );
     }
 }

@@ -64,7 +64,9 @@ impl VolumeIo {
     pub async fn shrink_to(&self, new_size: u64) -> Result<()> {
         let old_objects = self.info.size.div_ceil(self.info.object_size);
         if new_size < self.info.size {
-            self.data.punch(new_size, old_objects * self.info.object_size - new_size).await?;
+            self.data
+                .punch(new_size, old_objects * self.info.object_size - new_size)
+                .await?;
         }
         Ok(())
     }

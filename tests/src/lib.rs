@@ -320,3 +320,179 @@ impl ProcCluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
+
+// ---------------------------------------------------------------- file-system mounts
+
+/// Fail (not skip) when a real FUSE mount cannot work here.
+pub fn require_fuse() -> Result<()> {
+    if !Path::new("/dev/fuse").exists() {
+        bail!("/dev/fuse is missing: FUSE tests need it (load the fuse module / run with --device /dev/fuse)");
+    }
+    let found = Command::new("fusermount3")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        bail!("fusermount3 is missing: FUSE tests need it (apt-get install fuse3)");
+    }
+    Ok(())
+}
+
+/// Whether `dir` is a mount point right now (from /proc/self/mounts).
+pub fn is_mounted(dir: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let want = dir.display().to_string();
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(want.as_str()))
+}
+
+/// A `cairn mount` process and its mount point. Dropping it unmounts (SIGTERM, then a lazy
+/// `fusermount3 -u -z` in case the process was killed).
+pub struct Mounted {
+    pub dir: PathBuf,
+    pub daemon: Daemon,
+}
+
+impl Mounted {
+    /// A path inside the mount.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// Kill the mount process with SIGKILL (the kernel mount stays until unmounted).
+    pub fn kill9(&mut self) {
+        self.daemon.kill9();
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.daemon.stop();
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z", "-q", "--"])
+            .arg(&self.dir)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl ProcCluster {
+    /// Create the `default` pool files store their data in (size 3 / min 2 with 3 OSDs or
+    /// more, else as many copies as OSDs).
+    pub fn create_file_pool(&self) -> Result<()> {
+        let size = self.opts.osds.clamp(1, 3);
+        let min = if size >= 3 { 2 } else { 1 };
+        self.cli(&[
+            "pool",
+            "create",
+            "default",
+            "--size",
+            &size.to_string(),
+            "--min-size",
+            &min.to_string(),
+        ])?;
+        Ok(())
+    }
+
+    /// Mount the namespace with `cairn mount` at a new directory `name` under the cluster's
+    /// directory, with `extra` flags; waits until the kernel shows the mount.
+    pub fn mount(&self, name: &str, extra: &[&str]) -> Result<Mounted> {
+        require_fuse()?;
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir)?;
+        let mut args = vec![
+            "mount".to_string(),
+            dir.display().to_string(),
+            "--meta".into(),
+            self.meta_addrs.join(","),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut daemon = Daemon::spawn(&format!("mount.{name}"), args, self.dir.path())?;
+        let start = Instant::now();
+        while !is_mounted(&dir) {
+            if !daemon.is_running() || start.elapsed() > Duration::from_secs(30) {
+                bail!("cairn mount at {} did not come up:\n{}", dir.display(), daemon.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Mounted { dir, daemon })
+    }
+
+    /// Export the namespace over NFSv3 with `cairn nfs`; returns the daemon and its port once
+    /// the port answers.
+    pub fn nfs_export(&self) -> Result<(Daemon, u16)> {
+        let port = free_port();
+        let args = vec![
+            "nfs".to_string(),
+            "--bind".into(),
+            format!("127.0.0.1:{port}"),
+            "--meta".into(),
+            self.meta_addrs.join(","),
+        ];
+        let mut daemon = Daemon::spawn("nfs", args, self.dir.path())?;
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if !daemon.is_running() || start.elapsed() > Duration::from_secs(30) {
+                bail!("cairn nfs did not come up:\n{}", daemon.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok((daemon, port))
+    }
+}
+
+/// Run blocking test code on its own thread and fail if it takes longer than `secs` (a hung
+/// file-system call cannot be cancelled, but the test still ends).
+pub fn bounded<T: Send + 'static>(
+    secs: u64,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(r) => r,
+        Err(_) => bail!("timed out after {secs} s"),
+    }
+}
+
+/// Run a command; its stdout, or an error with its stderr.
+pub fn run_cmd(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("spawn {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A cluster with the `default` file pool for file-system tests, and the runtime that drives
+/// async calls against it.
+pub fn start_fs_cluster(opts: ClusterOpts) -> Result<(tokio::runtime::Runtime, ProcCluster)> {
+    require_fuse()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let c = rt.block_on(ProcCluster::start(opts))?;
+    c.create_file_pool()?;
+    Ok((rt, c))
+}
+
+/// One test at a time in a test binary: each starts a whole cluster, and two cores do not run
+/// several well.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}

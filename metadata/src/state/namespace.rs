@@ -11,6 +11,11 @@
 //!   create touches its parent) never copies attribute values.
 //! - counters: the next inode number and generation (neither is ever reused) and the sum of
 //!   file sizes.
+//! - advisory locks: `locks` (ino → held byte-range locks) and `sessions` (lock session → expiry
+//!   time). A mount renews its session; when it stops (crash, partition) the session expires at a
+//!   time every replica computes from the entries' clocks, its locks stop conflicting at once and
+//!   the next lock op drops them. Lock ops never go through a `Txn`: each one checks everything
+//!   first and then changes the lock tables, so a failure changes nothing.
 //!
 //! Applying is deterministic: the outcome depends only on the state, the op and the `now_ns`
 //! the proposer put in the entry; there is no clock, randomness or hash-ordered map inside.
@@ -27,9 +32,10 @@
 //! does), not with a format whose map keys must be strings.
 
 use cairn_proto::fs::{
-    DirEntry, FileKind, FreedFile, FsError, Ino, InodeAttr, NsOp, NsQuery, NsReply, NsResult,
-    NsStats, SetTime, XattrFlag, DEFAULT_CHUNK_SIZE, LINK_MAX, MAX_FILE_SIZE, NAME_MAX, PATH_MAX,
-    READDIR_MAX, ROOT_INO, SYMLOOP_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX,
+    DirEntry, FileKind, FreedFile, FsError, HeldLock, Ino, InodeAttr, LockKind, LockSpec, NsOp,
+    NsQuery, NsReply, NsResult, NsStats, SetTime, XattrFlag, DEFAULT_CHUNK_SIZE, LINK_MAX,
+    MAX_FILE_SIZE, NAME_MAX, PATH_MAX, READDIR_MAX, ROOT_INO, SYMLOOP_MAX, XATTR_NAME_MAX,
+    XATTR_SIZE_MAX,
 };
 use cairn_proto::PoolId;
 use serde::{Deserialize, Serialize};
@@ -60,6 +66,10 @@ pub struct Namespace {
     next_generation: u64,
     /// Sum of file sizes, modulo 2^64 (sparse files can exceed it).
     file_bytes: u64,
+    /// Advisory locks held on each inode, in the order they were taken.
+    locks: BTreeMap<Ino, Vec<HeldLock>>,
+    /// Lock sessions and when they expire (nanoseconds since the epoch).
+    sessions: BTreeMap<u64, i64>,
 }
 
 impl Namespace {
@@ -91,12 +101,17 @@ impl Namespace {
             next_ino: ROOT_INO + 1,
             next_generation: 2,
             file_bytes: 0,
+            locks: BTreeMap::new(),
+            sessions: BTreeMap::new(),
         }
     }
 
     /// Apply one mutation at time `now_ns` (the proposer's clock, carried in the raft entry).
     /// On error nothing changed.
     pub fn apply(&mut self, op: &NsOp, now_ns: i64) -> Result<NsResult, FsError> {
+        if let Some(result) = self.lock_op(op, now_ns) {
+            return result;
+        }
         let mut txn = Txn::new(self, now_ns);
         match txn.op(op) {
             Ok(result) => Ok(result),
@@ -139,6 +154,135 @@ impl Namespace {
                 file_bytes: self.file_bytes,
             })),
         }
+    }
+
+    /// Lock and session ops (`None` for every other op).
+    fn lock_op(&mut self, op: &NsOp, now: i64) -> Option<Result<NsResult, FsError>> {
+        Some(match op {
+            NsOp::RenewSession { session, ttl_ms } => {
+                self.expire_sessions(now);
+                let until = now.saturating_add(i64::from(*ttl_ms) * 1_000_000);
+                self.sessions.insert(*session, until);
+                Ok(NsResult::Done)
+            }
+            NsOp::EndSession { session } => {
+                self.sessions.remove(session);
+                self.retain_locks(|l| l.session != *session);
+                self.expire_sessions(now);
+                Ok(NsResult::Done)
+            }
+            NsOp::SetLock { ino, lock, kind } => self.set_lock(*ino, lock, *kind, now),
+            NsOp::TestLock { ino, lock, kind } => self
+                .check_lock(*ino, lock)
+                .map(|()| NsResult::LockTest(self.lock_conflict(*ino, lock, *kind, now))),
+            _ => return None,
+        })
+    }
+
+    fn session_alive(&self, session: u64, now: i64) -> bool {
+        self.sessions
+            .get(&session)
+            .is_some_and(|&until| until >= now)
+    }
+
+    fn check_lock(&self, ino: Ino, lock: &LockSpec) -> Result<(), FsError> {
+        self.inode(ino)?;
+        if lock.start > lock.end {
+            return Err(FsError::Invalid);
+        }
+        Ok(())
+    }
+
+    /// The first live lock of another owner on `ino` that overlaps `lock` and is incompatible
+    /// with `kind`.
+    fn lock_conflict(
+        &self,
+        ino: Ino,
+        lock: &LockSpec,
+        kind: LockKind,
+        now: i64,
+    ) -> Option<HeldLock> {
+        self.locks.get(&ino)?.iter().copied().find(|held| {
+            (held.session, held.owner) != (lock.session, lock.owner)
+                && held.start <= lock.end
+                && lock.start <= held.end
+                && (kind == LockKind::Exclusive || held.kind == LockKind::Exclusive)
+                && self.session_alive(held.session, now)
+        })
+    }
+
+    fn set_lock(
+        &mut self,
+        ino: Ino,
+        lock: &LockSpec,
+        kind: Option<LockKind>,
+        now: i64,
+    ) -> Result<NsResult, FsError> {
+        self.check_lock(ino, lock)?;
+        if !self.session_alive(lock.session, now) {
+            return Err(FsError::Stale);
+        }
+        if let Some(kind) = kind {
+            if self.lock_conflict(ino, lock, kind, now).is_some() {
+                return Err(FsError::WouldBlock);
+            }
+        }
+        self.expire_sessions(now);
+        let held = self.locks.entry(ino).or_default();
+        // The owner's own locks on the range give way: those overlapping it are cut around it.
+        let mut kept = Vec::with_capacity(held.len() + 2);
+        for l in held.drain(..) {
+            let mine = (l.session, l.owner) == (lock.session, lock.owner);
+            if !mine || l.end < lock.start || lock.end < l.start {
+                kept.push(l);
+                continue;
+            }
+            if l.start < lock.start {
+                kept.push(HeldLock {
+                    end: lock.start - 1,
+                    ..l
+                });
+            }
+            if l.end > lock.end {
+                kept.push(HeldLock {
+                    start: lock.end + 1,
+                    ..l
+                });
+            }
+        }
+        if let Some(kind) = kind {
+            kept.push(HeldLock {
+                kind,
+                session: lock.session,
+                owner: lock.owner,
+                pid: lock.pid,
+                start: lock.start,
+                end: lock.end,
+            });
+        }
+        *held = kept;
+        if held.is_empty() {
+            self.locks.remove(&ino);
+        }
+        Ok(NsResult::Done)
+    }
+
+    /// Forget sessions that expired before `now`, and their locks.
+    fn expire_sessions(&mut self, now: i64) {
+        let before = self.sessions.len();
+        self.sessions.retain(|_, until| *until >= now);
+        if self.sessions.len() != before {
+            let sessions = std::mem::take(&mut self.sessions);
+            self.retain_locks(|l| sessions.contains_key(&l.session));
+            self.sessions = sessions;
+        }
+    }
+
+    fn retain_locks(&mut self, keep: impl Fn(&HeldLock) -> bool) {
+        self.locks.retain(|_, held| {
+            held.retain(&keep);
+            !held.is_empty()
+        });
     }
 
     fn inode(&self, ino: Ino) -> Result<&Inode, FsError> {
@@ -572,6 +716,27 @@ impl<'a> Txn<'a> {
                 })?;
                 Ok(NsResult::Attr(attr))
             }
+            NsOp::Extend { ino, size } => {
+                if self.ns.inode(*ino)?.attr.kind != FileKind::File {
+                    return Err(FsError::Invalid);
+                }
+                if *size > MAX_FILE_SIZE {
+                    return Err(FsError::FileTooBig);
+                }
+                let now = self.now;
+                let attr = self.modify(*ino, |i| {
+                    i.attr.size = i.attr.size.max(*size);
+                    i.attr.mtime_ns = now;
+                    i.attr.ctime_ns = now;
+                    i.attr.clone()
+                })?;
+                Ok(NsResult::Attr(attr))
+            }
+            // Only reached inside a batch: `Namespace::apply` takes them before any `Txn`.
+            NsOp::RenewSession { .. }
+            | NsOp::EndSession { .. }
+            | NsOp::SetLock { .. }
+            | NsOp::TestLock { .. } => Err(FsError::Invalid),
             NsOp::Batch(ops) => ops
                 .iter()
                 .map(|op| self.op(op))
@@ -2029,6 +2194,178 @@ mod tests {
     }
 
     // ---------------------------------------------------------------- batches, snapshots
+
+    fn spec(session: u64, owner: u64, start: u64, end: u64) -> LockSpec {
+        LockSpec {
+            session,
+            owner,
+            pid: 7,
+            start,
+            end,
+        }
+    }
+
+    fn set_lock(ino: Ino, lock: LockSpec, kind: Option<LockKind>) -> NsOp {
+        NsOp::SetLock { ino, lock, kind }
+    }
+
+    fn test_lock(
+        ns: &mut Namespace,
+        ino: Ino,
+        lock: LockSpec,
+        kind: LockKind,
+        now: i64,
+    ) -> Option<HeldLock> {
+        match ns.apply(&NsOp::TestLock { ino, lock, kind }, now) {
+            Ok(NsResult::LockTest(held)) => held,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn locks_conflict_between_owners_and_sessions_only() {
+        use LockKind::{Exclusive, Shared};
+        let mut ns = Namespace::new(T0);
+        let f = mk(&mut ns, ROOT_INO, "f", File);
+        let renew = |session| NsOp::RenewSession {
+            session,
+            ttl_ms: 1_000,
+        };
+        // No session yet: ESTALE.
+        fails(
+            &mut ns,
+            &set_lock(f, spec(1, 1, 0, 9), Some(Exclusive)),
+            FsError::Stale,
+        );
+        ns.apply(&renew(1), T0).unwrap();
+        ns.apply(&renew(2), T0).unwrap();
+        ns.apply(&set_lock(f, spec(1, 1, 0, 9), Some(Shared)), T0)
+            .unwrap();
+        // Shared locks share; exclusive ones conflict with another owner, also in another session.
+        ns.apply(&set_lock(f, spec(2, 1, 5, 20), Some(Shared)), T0)
+            .unwrap();
+        fails(
+            &mut ns,
+            &set_lock(f, spec(1, 2, 8, 8), Some(Exclusive)),
+            FsError::WouldBlock,
+        );
+        fails(
+            &mut ns,
+            &set_lock(f, spec(2, 1, 0, 0), Some(Exclusive)),
+            FsError::WouldBlock,
+        );
+        // The owner's own lock is upgraded in place.
+        ns.apply(&set_lock(f, spec(2, 1, 10, 20), Some(Exclusive)), T0)
+            .unwrap();
+        let held = test_lock(&mut ns, f, spec(1, 1, 12, 12), Shared, T0).unwrap();
+        assert_eq!(
+            (held.session, held.start, held.end, held.kind),
+            (2, 10, 20, Exclusive)
+        );
+        assert_eq!(
+            test_lock(&mut ns, f, spec(1, 1, 21, u64::MAX), Exclusive, T0),
+            None
+        );
+        // Unlocking the middle splits a lock.
+        ns.apply(&set_lock(f, spec(2, 1, 12, 15), None), T0)
+            .unwrap();
+        assert_eq!(
+            test_lock(&mut ns, f, spec(1, 1, 12, 15), Exclusive, T0),
+            None
+        );
+        let held = test_lock(&mut ns, f, spec(1, 9, 16, 16), Shared, T0).unwrap();
+        assert_eq!((held.start, held.end, held.pid), (16, 20, 7));
+        let held = test_lock(&mut ns, f, spec(1, 9, 0, 11), Exclusive, T0).unwrap();
+        assert!(held.start <= 11 && held.end >= 5, "{held:?}");
+        // Bad ranges and inodes.
+        fails(
+            &mut ns,
+            &set_lock(f, spec(1, 1, 9, 3), Some(Shared)),
+            FsError::Invalid,
+        );
+        fails(
+            &mut ns,
+            &set_lock(99, spec(1, 1, 0, 3), Some(Shared)),
+            FsError::Stale,
+        );
+        // Lock ops cannot be batched.
+        fails(&mut ns, &NsOp::Batch(vec![renew(3)]), FsError::Invalid);
+        // Ending a session drops its locks.
+        ns.apply(&NsOp::EndSession { session: 2 }, T0).unwrap();
+        ns.apply(&set_lock(f, spec(1, 2, 0, u64::MAX), Some(Shared)), T0)
+            .unwrap();
+        fails(
+            &mut ns,
+            &set_lock(f, spec(2, 1, 0, 0), Some(Shared)),
+            FsError::Stale,
+        );
+    }
+
+    #[test]
+    fn expired_sessions_stop_conflicting_and_lose_their_locks() {
+        let mut ns = Namespace::new(T0);
+        let f = mk(&mut ns, ROOT_INO, "f", File);
+        let ttl_ns = 1_000 * 1_000_000;
+        for s in [1, 2] {
+            let op = NsOp::RenewSession {
+                session: s,
+                ttl_ms: 1_000,
+            };
+            ns.apply(&op, T0).unwrap();
+        }
+        ns.apply(
+            &set_lock(f, spec(1, 1, 0, u64::MAX), Some(LockKind::Exclusive)),
+            T0,
+        )
+        .unwrap();
+        fails(
+            &mut ns,
+            &set_lock(f, spec(2, 1, 0, 0), Some(LockKind::Shared)),
+            FsError::WouldBlock,
+        );
+        // Session 2 renews, session 1 does not: once 1 expires its lock no longer blocks.
+        let later = T0 + ttl_ns / 2;
+        ns.apply(
+            &NsOp::RenewSession {
+                session: 2,
+                ttl_ms: 1_000,
+            },
+            later,
+        )
+        .unwrap();
+        let after = T0 + ttl_ns + 1;
+        assert!(test_lock(&mut ns, f, spec(2, 1, 0, 0), LockKind::Exclusive, after).is_none());
+        ns.apply(
+            &set_lock(f, spec(2, 1, 0, 0), Some(LockKind::Exclusive)),
+            after,
+        )
+        .unwrap();
+        assert!(!ns.sessions.contains_key(&1));
+        assert!(ns.locks[&f].iter().all(|l| l.session == 2));
+    }
+
+    #[test]
+    fn extend_only_grows() {
+        let mut ns = Namespace::new(T0);
+        let f = mk(&mut ns, ROOT_INO, "f", File);
+        let d = mk(&mut ns, ROOT_INO, "d", Dir);
+        ns.apply(&NsOp::Extend { ino: f, size: 100 }, T0 + 1)
+            .unwrap();
+        ns.apply(&NsOp::Extend { ino: f, size: 50 }, T0 + 2)
+            .unwrap();
+        let a = attr(&ns, f);
+        assert_eq!((a.size, a.mtime_ns), (100, T0 + 2));
+        assert_eq!(stats(&ns).file_bytes, 100);
+        fails(&mut ns, &NsOp::Extend { ino: d, size: 1 }, FsError::Invalid);
+        fails(
+            &mut ns,
+            &NsOp::Extend {
+                ino: f,
+                size: u64::MAX,
+            },
+            FsError::FileTooBig,
+        );
+    }
 
     #[test]
     fn batch_is_all_or_nothing() {

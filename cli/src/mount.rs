@@ -1,0 +1,85 @@
+//! `cairn mount MOUNTPOINT`: the uniform namespace as a FUSE file system, served by this
+//! process until it is unmounted (`fusermount3 -u MOUNTPOINT`), interrupted (Ctrl-C) or sent
+//! SIGTERM; on a signal it unmounts first, so the mount point never stays behind "disconnected".
+
+use anyhow::{Context, Result};
+use cairn_fuse::MountOptions;
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Args, Clone, Debug)]
+pub struct MountArgs {
+    /// Directory to mount the namespace on.
+    pub mountpoint: PathBuf,
+    /// How long the kernel may cache attributes, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub attr_ttl_ms: u64,
+    /// How long the kernel may cache name lookups, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub entry_ttl_ms: u64,
+    /// Lifetime of the mount's lock session: the locks of a mount that dies are released this
+    /// long after its last renewal.
+    #[arg(long, default_value_t = 30_000)]
+    pub lock_ttl_ms: u64,
+    /// Do not try `allow_other,auto_unmount` (they need root or `user_allow_other`).
+    #[arg(long)]
+    pub no_allow_other: bool,
+    /// Mount read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// How long the data of a removed file outlives its last name, in milliseconds (for readers
+    /// on other mounts that opened it just before).
+    #[arg(long, default_value_t = 5_000)]
+    pub free_grace_ms: u64,
+}
+
+impl MountArgs {
+    fn options(&self) -> MountOptions {
+        MountOptions {
+            attr_ttl: Duration::from_millis(self.attr_ttl_ms),
+            entry_ttl: Duration::from_millis(self.entry_ttl_ms),
+            lock_ttl: Duration::from_millis(self.lock_ttl_ms.max(300)),
+            allow_other: !self.no_allow_other,
+            read_only: self.read_only,
+            free_grace: Duration::from_millis(self.free_grace_ms),
+            ..MountOptions::default()
+        }
+    }
+}
+
+/// Mount and serve until unmounted or signalled.
+pub async fn run_mount(meta: Vec<String>, args: MountArgs) -> Result<()> {
+    let cluster = crate::util::connect(meta).await?;
+    if cluster.pool(cairn_client::DEFAULT_FILE_POOL).await.is_err() {
+        tracing::warn!(
+            pool = cairn_client::DEFAULT_FILE_POOL,
+            "the file data pool does not exist yet: writes fail until it is created \
+             (cairn pool create default)"
+        );
+    }
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        signalled().await;
+        let _ = tx.send(true);
+    });
+    cairn_fuse::run(cluster, &args.mountpoint, args.options(), rx)
+        .await
+        .with_context(|| format!("mount at {}", args.mountpoint.display()))
+}
+
+/// SIGINT or SIGTERM.
+pub async fn signalled() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,521 @@
+//! The uniform namespace for applications: [`FsClient`] sends every namespace operation and read
+//! to the metadata service (one raft entry per mutation, reads answered by the leader from
+//! memory) and moves file data straight between the caller and the OSDs.
+//!
+//! A file's bytes are a [`Striped`] space over objects `Oid::for_piece(File, ino, index)` of the
+//! file's `chunk_size` in the file's pool (`InodeAttr::pool`, `None`: the [`DEFAULT_FILE_POOL`]).
+//! Objects are created on first write, so files are sparse, and holes read as zeros.
+//!
+//! Sizes. The namespace holds each file's size; data writes do not touch it. A writer that goes
+//! past the end grows the size with [`FsClient::extend`] (which never shrinks, so racing writers
+//! cannot cut each other off), and may batch that: the FUSE mount tracks a high-water mark per
+//! file and extends on flush, fsync and close. [`FsClient::setattr`] with a size truncates: it
+//! frees the data past a smaller size (objects wholly past it are deleted) *before* the size
+//! changes, so no crash can leave stale bytes inside the file.
+//!
+//! Freeing. When the last link of a file goes, [`FsClient::unlink`] and [`FsClient::rename`]
+//! return its [`FreedFile`]; the caller deletes the data with [`FsClient::free`] once no open
+//! handle of its own needs it (POSIX lets an open file outlive its last name).
+//!
+//! Nothing is cached here: every call goes to the cluster. Front ends layer their own caching
+//! policy (the FUSE mount's TTLs, NFS clients' attribute caches) on top.
+
+use crate::error::{ClientError, Result};
+use crate::objects::PoolIo;
+use crate::striped::Striped;
+use crate::Cluster;
+use bytes::Bytes;
+use cairn_proto::fs::{
+    DirEntry, FileKind, FreedFile, FsError, HeldLock, Ino, InodeAttr, LockKind, LockSpec, NsOp,
+    NsQuery, NsReply, NsResult, NsStats, SetTime, XattrFlag,
+};
+use cairn_proto::msg::{MetaCommand, MetaRead, MetaRequest, MetaResponse, MetaResult};
+use cairn_proto::rpc::RpcError;
+use cairn_proto::{PieceKind, PoolId, WireError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// The pool of files whose `pool` is `None`.
+pub const DEFAULT_FILE_POOL: &str = "default";
+
+impl ClientError {
+    /// The POSIX error behind this one, if the namespace answered with one.
+    pub fn fs(&self) -> Option<FsError> {
+        match self.wire() {
+            Some(WireError::Fs(e)) => Some(*e),
+            _ => None,
+        }
+    }
+
+    /// The Linux errno a file-system front end reports for this error: the namespace's own,
+    /// `ENOSPC` for a full OSD, `EIO` for everything else (the cluster could not be reached or
+    /// gave up).
+    pub fn errno(&self) -> i32 {
+        const ENOSPC: i32 = 28;
+        const EIO: i32 = 5;
+        match self.fs() {
+            Some(e) => e.errno(),
+            None if self.is_no_space() => ENOSPC,
+            None => EIO,
+        }
+    }
+}
+
+impl From<FsError> for ClientError {
+    fn from(e: FsError) -> Self {
+        ClientError::Rpc(RpcError::Remote(WireError::Fs(e)))
+    }
+}
+
+/// Attributes to change with [`FsClient::setattr`]; `None` leaves one as it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetAttrs {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Truncate or extend the file to this size.
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// File-system capacity for `statfs`, in bytes of file data (raw OSD bytes divided by the
+/// default pool's replica count).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FsCapacity {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub inodes: u64,
+    pub file_bytes: u64,
+}
+
+/// Namespace operations and file data I/O over a [`Cluster`]. Cheap to clone.
+#[derive(Clone)]
+pub struct FsClient {
+    cluster: Cluster,
+    /// Object I/O per file pool, looked up once.
+    pools: Arc<Mutex<HashMap<Option<PoolId>, PoolIo>>>,
+}
+
+fn unexpected(what: impl std::fmt::Debug) -> ClientError {
+    ClientError::Protocol(format!("unexpected namespace reply: {what:?}"))
+}
+
+impl FsClient {
+    pub fn new(cluster: Cluster) -> FsClient {
+        FsClient {
+            cluster,
+            pools: Arc::default(),
+        }
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    // ------------------------------------------------------------ raw namespace calls
+
+    /// Apply one namespace mutation (one raft entry).
+    pub async fn apply(&self, op: NsOp) -> Result<NsResult> {
+        match self.cluster.meta().command(MetaCommand::Ns(op)).await? {
+            MetaResult::Ns(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Answer one namespace read (linearizable, from the leader's memory).
+    pub async fn query(&self, q: NsQuery) -> Result<NsReply> {
+        match self
+            .cluster
+            .meta()
+            .call(MetaRequest::Read(MetaRead::Ns(q)))
+            .await?
+        {
+            MetaResponse::Ns(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn query_attr(&self, q: NsQuery) -> Result<InodeAttr> {
+        match self.query(q).await? {
+            NsReply::Attr(a) => Ok(a),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn apply_attr(&self, op: NsOp) -> Result<InodeAttr> {
+        match self.apply(op).await? {
+            NsResult::Attr(a) | NsResult::Entry { attr: a, .. } => Ok(a),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    // ------------------------------------------------------------ reads
+
+    pub async fn lookup(&self, parent: Ino, name: &str) -> Result<InodeAttr> {
+        self.query_attr(NsQuery::Lookup {
+            parent,
+            name: name.to_string(),
+        })
+        .await
+    }
+
+    pub async fn getattr(&self, ino: Ino) -> Result<InodeAttr> {
+        self.query_attr(NsQuery::GetAttr { ino }).await
+    }
+
+    /// The inode an absolute path names (see [`NsQuery::Resolve`]).
+    pub async fn resolve(&self, path: &str, follow_last: bool) -> Result<InodeAttr> {
+        self.query_attr(NsQuery::Resolve {
+            path: path.to_string(),
+            follow_last,
+        })
+        .await
+    }
+
+    /// One page of a directory: entries after `after` in name order, and whether more follow.
+    pub async fn readdir(
+        &self,
+        ino: Ino,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<(Vec<DirEntry>, bool)> {
+        match self.query(NsQuery::ReadDir { ino, after, limit }).await? {
+            NsReply::Dir { entries, more } => Ok((entries, more)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn readlink(&self, ino: Ino) -> Result<String> {
+        match self.query(NsQuery::ReadLink { ino }).await? {
+            NsReply::Link(t) => Ok(t),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn getxattr(&self, ino: Ino, name: &str) -> Result<Vec<u8>> {
+        let q = NsQuery::GetXattr {
+            ino,
+            name: name.to_string(),
+        };
+        match self.query(q).await? {
+            NsReply::Xattr(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn listxattr(&self, ino: Ino) -> Result<Vec<String>> {
+        match self.query(NsQuery::ListXattr { ino }).await? {
+            NsReply::XattrNames(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn ns_stats(&self) -> Result<NsStats> {
+        match self.query(NsQuery::Stats).await? {
+            NsReply::Stats(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Capacity from the cluster map (every OSD that is in, as its last heartbeat reported it)
+    /// and counts from the namespace.
+    pub async fn capacity(&self) -> Result<FsCapacity> {
+        let map = self.cluster.refresh_map().await?;
+        let (raw_total, raw_used) = map
+            .osds
+            .values()
+            .filter(|o| o.in_cluster)
+            .fold((0u64, 0u64), |(t, u), o| {
+                (t.saturating_add(o.capacity), u.saturating_add(o.used))
+            });
+        let copies = map
+            .pool_by_name(DEFAULT_FILE_POOL)
+            .map_or(1, |p| u64::from(p.size.max(1)));
+        let stats = self.ns_stats().await?;
+        Ok(FsCapacity {
+            total_bytes: raw_total / copies,
+            free_bytes: raw_total.saturating_sub(raw_used) / copies,
+            inodes: stats.inodes,
+            file_bytes: stats.file_bytes,
+        })
+    }
+
+    // ------------------------------------------------------------ mutations
+
+    /// Make a file or directory (`exclusive`: fail if a file of that name exists; otherwise an
+    /// existing file is the answer, with `false`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn mknod(
+        &self,
+        parent: Ino,
+        name: &str,
+        kind: FileKind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        exclusive: bool,
+    ) -> Result<(InodeAttr, bool)> {
+        let op = NsOp::Create {
+            parent,
+            name: name.to_string(),
+            kind,
+            mode,
+            uid,
+            gid,
+            target: None,
+            exclusive,
+        };
+        match self.apply(op).await? {
+            NsResult::Entry { attr, created } => Ok((attr, created)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn symlink(
+        &self,
+        parent: Ino,
+        name: &str,
+        target: &str,
+        uid: u32,
+        gid: u32,
+    ) -> Result<InodeAttr> {
+        self.apply_attr(NsOp::Create {
+            parent,
+            name: name.to_string(),
+            kind: FileKind::Symlink,
+            mode: 0o777,
+            uid,
+            gid,
+            target: Some(target.to_string()),
+            exclusive: true,
+        })
+        .await
+    }
+
+    pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &str) -> Result<InodeAttr> {
+        self.apply_attr(NsOp::Link {
+            ino,
+            new_parent,
+            new_name: new_name.to_string(),
+        })
+        .await
+    }
+
+    /// Remove a file or symlink entry; returns the file whose last link went (free it with
+    /// [`FsClient::free`]).
+    pub async fn unlink(&self, parent: Ino, name: &str) -> Result<Option<FreedFile>> {
+        let op = NsOp::Unlink {
+            parent,
+            name: name.to_string(),
+        };
+        match self.apply(op).await? {
+            NsResult::Unlinked { freed } => Ok(freed),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn rmdir(&self, parent: Ino, name: &str) -> Result<()> {
+        let op = NsOp::Rmdir {
+            parent,
+            name: name.to_string(),
+        };
+        match self.apply(op).await? {
+            NsResult::Unlinked { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Atomic rename (one raft entry); returns the replaced file if that was its last link.
+    pub async fn rename(
+        &self,
+        (parent, name): (Ino, &str),
+        (new_parent, new_name): (Ino, &str),
+        noreplace: bool,
+        exchange: bool,
+    ) -> Result<Option<FreedFile>> {
+        let op = NsOp::Rename {
+            parent,
+            name: name.to_string(),
+            new_parent,
+            new_name: new_name.to_string(),
+            noreplace,
+            exchange,
+        };
+        match self.apply(op).await? {
+            NsResult::Renamed { replaced_freed } => Ok(replaced_freed),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Change attributes. A size truncates: data past a smaller size is freed first; growing
+    /// clears the rest of the object that held the old end (so bytes a crashed writer left past
+    /// the end cannot show up inside the file).
+    pub async fn setattr(&self, ino: Ino, set: SetAttrs) -> Result<InodeAttr> {
+        if let Some(size) = set.size {
+            let old = self.getattr(ino).await?;
+            if old.kind == FileKind::File {
+                let data = self.data(&old).await?;
+                let chunk = u64::from(old.chunk_size.max(1));
+                if size < old.size {
+                    let end = old.size.div_ceil(chunk) * chunk;
+                    data.punch(size, end - size).await?;
+                } else if size > old.size && old.size % chunk != 0 {
+                    let end = (old.size / chunk + 1) * chunk;
+                    data.punch(old.size, end.min(size) - old.size).await?;
+                }
+            }
+        }
+        self.apply_attr(NsOp::SetAttr {
+            ino,
+            mode: set.mode,
+            uid: set.uid,
+            gid: set.gid,
+            size: set.size,
+            atime: set.atime,
+            mtime: set.mtime,
+        })
+        .await
+    }
+
+    /// Grow a file to at least `size` after writing past its end (never shrinks it).
+    pub async fn extend(&self, ino: Ino, size: u64) -> Result<InodeAttr> {
+        self.apply_attr(NsOp::Extend { ino, size }).await
+    }
+
+    pub async fn setxattr(
+        &self,
+        ino: Ino,
+        name: &str,
+        value: Vec<u8>,
+        flags: XattrFlag,
+    ) -> Result<()> {
+        let op = NsOp::SetXattr {
+            ino,
+            name: name.to_string(),
+            value,
+            flags,
+        };
+        self.apply(op).await.map(|_| ())
+    }
+
+    pub async fn removexattr(&self, ino: Ino, name: &str) -> Result<()> {
+        let op = NsOp::RemoveXattr {
+            ino,
+            name: name.to_string(),
+        };
+        self.apply(op).await.map(|_| ())
+    }
+
+    // ------------------------------------------------------------ data
+
+    async fn pool_io(&self, pool: Option<PoolId>) -> Result<PoolIo> {
+        if let Some(io) = self.pools.lock().expect("pools lock").get(&pool) {
+            return Ok(io.clone());
+        }
+        let name = match pool {
+            None => DEFAULT_FILE_POOL.to_string(),
+            Some(id) => {
+                let name = self.cluster.map().pools.get(&id).map(|p| p.name.clone());
+                match name {
+                    Some(n) => n,
+                    None => self
+                        .cluster
+                        .refresh_map()
+                        .await?
+                        .pools
+                        .get(&id)
+                        .map(|p| p.name.clone())
+                        .ok_or_else(|| ClientError::NoSuchPool(id.to_string()))?,
+                }
+            }
+        };
+        let io = self.cluster.pool_io(&name).await?;
+        self.pools
+            .lock()
+            .expect("pools lock")
+            .insert(pool, io.clone());
+        Ok(io)
+    }
+
+    /// The striped byte space of a file.
+    async fn data(&self, attr: &InodeAttr) -> Result<Striped> {
+        if attr.kind != FileKind::File {
+            return Err(if attr.kind == FileKind::Dir {
+                FsError::IsDir
+            } else {
+                FsError::Invalid
+            }
+            .into());
+        }
+        let io = self.pool_io(attr.pool).await?;
+        Ok(Striped::new(
+            io,
+            PieceKind::File,
+            attr.ino,
+            u64::from(attr.chunk_size.max(1)),
+        ))
+    }
+
+    /// Read up to `len` bytes at `offset` of a file whose size is `attr.size` (fewer at the end;
+    /// none past it). Holes read as zeros.
+    pub async fn read(&self, attr: &InodeAttr, offset: u64, len: u64) -> Result<Bytes> {
+        let end = offset.saturating_add(len).min(attr.size);
+        if end <= offset {
+            return Ok(Bytes::new());
+        }
+        self.data(attr).await?.read(offset, end - offset).await
+    }
+
+    /// Write `data` at `offset`; durable on the OSDs when this returns. Does not change the
+    /// file's size: the caller extends it ([`FsClient::extend`]) when it wrote past the end.
+    pub async fn write(&self, attr: &InodeAttr, offset: u64, data: Bytes) -> Result<()> {
+        if offset.saturating_add(data.len() as u64) > cairn_proto::fs::MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig.into());
+        }
+        self.data(attr).await?.write(offset, data).await
+    }
+
+    /// Delete the data of a file whose last link went.
+    pub async fn free(&self, f: FreedFile) -> Result<()> {
+        let chunk = u64::from(f.chunk_size.max(1));
+        let io = self.pool_io(f.pool).await?;
+        Striped::new(io, PieceKind::File, f.ino, chunk)
+            .remove_objects(0, f.size.div_ceil(chunk))
+            .await
+    }
+
+    // ------------------------------------------------------------ advisory locks
+
+    /// Start or renew this client's lock session (see [`NsOp::RenewSession`]).
+    pub async fn renew_session(&self, session: u64, ttl_ms: u32) -> Result<()> {
+        self.apply(NsOp::RenewSession { session, ttl_ms })
+            .await
+            .map(|_| ())
+    }
+
+    /// End the session, dropping its locks.
+    pub async fn end_session(&self, session: u64) -> Result<()> {
+        self.apply(NsOp::EndSession { session }).await.map(|_| ())
+    }
+
+    /// Take (`Some`) or release (`None`) a lock; a conflict is `FsError::WouldBlock`.
+    pub async fn set_lock(&self, ino: Ino, lock: LockSpec, kind: Option<LockKind>) -> Result<()> {
+        self.apply(NsOp::SetLock { ino, lock, kind })
+            .await
+            .map(|_| ())
+    }
+
+    /// The lock that would block `kind` on `lock`, if any.
+    pub async fn test_lock(
+        &self,
+        ino: Ino,
+        lock: LockSpec,
+        kind: LockKind,
+    ) -> Result<Option<HeldLock>> {
+        match self.apply(NsOp::TestLock { ino, lock, kind }).await? {
+            NsResult::LockTest(h) => Ok(h),
+            other => Err(unexpected(other)),
+        }
+    }
+}

@@ -1,0 +1,1001 @@
+//! The `fuser::Filesystem` over [`FsClient`]. Every request is answered from a tokio task, so
+//! the session loop never waits on the network and slow requests (a blocking lock, a large
+//! read) do not hold up others. Errors are errnos (`ClientError::errno`).
+
+use crate::state::{DirListing, Handles};
+use crate::MountOptions;
+use bytes::Bytes;
+use cairn_client::{ClientError, FsClient, SetAttrs};
+use cairn_proto::fs::{
+    DirEntry, FileKind, FreedFile, FsError, Ino, InodeAttr, LockKind, LockSpec, SetTime, XattrFlag,
+    NAME_MAX,
+};
+use fuser::consts::{
+    FUSE_AUTO_INVAL_DATA, FUSE_FLOCK_LOCKS, FUSE_PARALLEL_DIROPS, FUSE_POSIX_LOCKS,
+};
+use fuser::{
+    FileAttr, FileType, KernelConfig, Notifier, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow,
+};
+use std::ffi::OsStr;
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// `st_blksize`: tools size their buffers by it (cp, tar), and each FUSE write is one striped
+/// write to the OSDs, so large is better.
+const BLKSIZE: u32 = 1 << 20;
+/// Entries fetched per readdir page from the metadata service.
+const DIR_PAGE: u32 = 1000;
+/// `OFFSET_MAX`: the kernel's "to the end of file" in lock ranges.
+const OFFSET_MAX: u64 = i64::MAX as u64;
+
+type Errno = i32;
+
+/// The FUSE file system of one mount.
+pub struct CairnFs {
+    rt: tokio::runtime::Handle,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    fs: FsClient,
+    session: u64,
+    opts: MountOptions,
+    handles: Handles,
+    notifier: Arc<OnceLock<Notifier>>,
+    /// Data of removed files goes to the reaper, which deletes it after a grace period.
+    reaper: mpsc::UnboundedSender<FreedFile>,
+}
+
+impl CairnFs {
+    /// `notifier` is filled in once the session exists (it comes from the session), and used to
+    /// tell the kernel to drop stale cached attributes.
+    pub fn new(
+        fs: FsClient,
+        rt: tokio::runtime::Handle,
+        session: u64,
+        opts: MountOptions,
+        notifier: Arc<OnceLock<Notifier>>,
+        reaper: mpsc::UnboundedSender<FreedFile>,
+    ) -> CairnFs {
+        CairnFs {
+            rt,
+            inner: Arc::new(Inner {
+                fs,
+                session,
+                opts,
+                handles: Handles::default(),
+                notifier,
+                reaper,
+            }),
+        }
+    }
+
+    /// Run `f` on the runtime with the shared state.
+    fn spawn<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(Arc<Inner>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.rt.spawn(f(self.inner.clone()));
+    }
+}
+
+fn errno(e: ClientError) -> Errno {
+    let n = e.errno();
+    if n == libc::EIO {
+        tracing::warn!(error = %e, "cluster error");
+    }
+    n
+}
+
+fn name_of(name: &OsStr) -> Result<String, Errno> {
+    let s = name.to_str().ok_or(libc::EINVAL)?;
+    if s.len() > NAME_MAX {
+        return Err(libc::ENAMETOOLONG);
+    }
+    Ok(s.to_string())
+}
+
+fn time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(st) => SetTime::At(match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+            Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+        }),
+    }
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::Dir => FileType::Directory,
+        FileKind::File => FileType::RegularFile,
+        FileKind::Symlink => FileType::Symlink,
+    }
+}
+
+fn file_attr(a: &InodeAttr) -> FileAttr {
+    FileAttr {
+        ino: a.ino,
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: time(a.atime_ns),
+        mtime: time(a.mtime_ns),
+        ctime: time(a.ctime_ns),
+        crtime: time(a.ctime_ns),
+        kind: file_type(a.kind),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: BLKSIZE,
+        flags: 0,
+    }
+}
+
+fn lock_kind(typ: i32) -> Result<Option<LockKind>, Errno> {
+    match typ {
+        libc::F_RDLCK => Ok(Some(LockKind::Shared)),
+        libc::F_WRLCK => Ok(Some(LockKind::Exclusive)),
+        libc::F_UNLCK => Ok(None),
+        _ => Err(libc::EINVAL),
+    }
+}
+
+/// A kernel lock end (inclusive, `OFFSET_MAX` = to the end) as the namespace's.
+fn lock_end(end: u64) -> u64 {
+    if end >= OFFSET_MAX {
+        u64::MAX
+    } else {
+        end
+    }
+}
+
+impl Inner {
+    fn entry_ttl(&self) -> Duration {
+        self.opts.entry_ttl
+    }
+
+    async fn getattr(&self, ino: Ino) -> Result<InodeAttr, Errno> {
+        let a = self.fs.getattr(ino).await.map_err(errno)?;
+        Ok(self.handles.view(a))
+    }
+
+    /// Commit this mount's pending size and mtime change of `ino` (after writes).
+    async fn commit_size(&self, ino: Ino) -> Result<(), Errno> {
+        let Some(p) = self.handles.take_pending(ino) else {
+            return Ok(());
+        };
+        match self.fs.extend(ino, p.size).await {
+            Ok(a) => {
+                self.handles.sized(ino, a.size, false);
+                Ok(())
+            }
+            Err(e) if e.fs() == Some(FsError::Stale) => Ok(()),
+            Err(e) => {
+                self.handles.restore(ino, p);
+                Err(errno(e))
+            }
+        }
+    }
+
+    /// Free the data of a file whose last link went, now or on its last close here.
+    async fn freed(&self, f: Option<FreedFile>) {
+        if let Some(f) = f.and_then(|f| self.handles.unlinked(f)) {
+            self.free(f).await;
+        }
+    }
+
+    async fn free(&self, f: FreedFile) {
+        if let Err(f) = self.reaper.send(f) {
+            // Unmounting: no reaper any more, delete now.
+            free_now(&self.fs, f.0).await;
+        }
+    }
+
+    async fn create_node(
+        &self,
+        req: (u32, u32),
+        parent: Ino,
+        name: String,
+        kind: FileKind,
+        mode: u32,
+        exclusive: bool,
+    ) -> Result<(InodeAttr, bool), Errno> {
+        self.fs
+            .mknod(parent, &name, kind, mode & 0o7777, req.0, req.1, exclusive)
+            .await
+            .map_err(errno)
+    }
+
+    async fn setattr(&self, ino: Ino, set: SetAttrs) -> Result<InodeAttr, Errno> {
+        if set.size.is_some() || set.mtime.is_some() {
+            // Pending writes past the old end must count before the size moves (a truncate up
+            // would clear them), and their mtime must not land after an explicit one (cp -a
+            // sets times before it closes).
+            self.commit_size(ino).await?;
+        }
+        let a = self.fs.setattr(ino, set).await.map_err(errno)?;
+        if set.size.is_some() {
+            self.handles.sized(ino, a.size, true);
+        }
+        Ok(self.handles.view(a))
+    }
+
+    async fn open(&self, ino: Ino) -> Result<(u64, u32), Errno> {
+        // Close-to-open: fresh attributes on every open.
+        let attr = self.fs.getattr(ino).await.map_err(errno)?;
+        if attr.kind != FileKind::File {
+            return Err(if attr.kind == FileKind::Dir {
+                libc::EISDIR
+            } else {
+                libc::ELOOP
+            });
+        }
+        let (fh, _, stale) = self.handles.open_file(attr);
+        if stale {
+            if let Some(n) = self.notifier.get() {
+                // Offset -1: attributes only (the pages go anyway without FOPEN_KEEP_CACHE).
+                let _ = n.inval_inode(ino, -1, 0);
+            }
+            Ok((fh, 0))
+        } else {
+            Ok((fh, fuser::consts::FOPEN_KEEP_CACHE))
+        }
+    }
+
+    async fn read(&self, ino: Ino, fh: u64, offset: u64, size: u32) -> Result<Bytes, Errno> {
+        let mut attr = self.handles.file(fh).ok_or(libc::EBADF)?;
+        attr.size = self.handles.read_size(ino).unwrap_or(attr.size);
+        self.fs
+            .read(&attr, offset, u64::from(size))
+            .await
+            .map_err(errno)
+    }
+
+    async fn write(&self, ino: Ino, fh: u64, offset: u64, data: Bytes) -> Result<u32, Errno> {
+        let attr = self.handles.file(fh).ok_or(libc::EBADF)?;
+        let n = data.len() as u64;
+        self.fs.write(&attr, offset, data).await.map_err(errno)?;
+        self.handles.wrote(ino, offset + n);
+        Ok(n as u32)
+    }
+
+    /// A `close`: commit the size, and drop the closing process's POSIX locks on the file (POSIX
+    /// says any close does; the kernel leaves that to the file system when it handles locks).
+    async fn flush(&self, ino: Ino, owner: u64) -> Result<(), Errno> {
+        let committed = self.commit_size(ino).await;
+        if self.handles.take_locker(ino, owner) {
+            let spec = self.lock_spec(owner, 0, 0, u64::MAX);
+            if let Err(e) = self.fs.set_lock(ino, spec, None).await {
+                tracing::warn!(ino, error = %e, "could not release POSIX locks on close");
+            }
+        }
+        committed
+    }
+
+    async fn release(&self, ino: Ino, fh: u64, flock_owner: Option<u64>) -> Result<(), Errno> {
+        let committed = self.commit_size(ino).await;
+        if let Some(owner) = flock_owner.filter(|o| self.handles.take_locker(ino, *o)) {
+            let spec = self.lock_spec(owner, 0, 0, u64::MAX);
+            if let Err(e) = self.fs.set_lock(ino, spec, None).await {
+                tracing::warn!(ino, error = %e, "could not release a flock");
+            }
+        }
+        if let Some(f) = self.handles.close_file(fh) {
+            self.free(f).await;
+        }
+        committed
+    }
+
+    async fn opendir(&self, ino: Ino) -> Result<u64, Errno> {
+        let parent = self.fs.lookup(ino, "..").await.map_err(errno)?;
+        Ok(self.handles.open_dir(DirListing {
+            ino,
+            parent: parent.ino,
+            entries: Vec::new(),
+            more: true,
+        }))
+    }
+
+    /// Fill `reply` from position `offset` of the listing (0 `.`, 1 `..`, then the entries).
+    async fn readdir(&self, fh: u64, offset: i64, reply: &mut ReplyDirectory) -> Result<(), Errno> {
+        let mut pos = usize::try_from(offset).map_err(|_| libc::EINVAL)?;
+        if pos == 0 {
+            // rewinddir: see entries made since the directory was opened.
+            self.handles
+                .with_dir(fh, |d| {
+                    d.entries.clear();
+                    d.more = true;
+                })
+                .ok_or(libc::EBADF)?;
+        }
+        loop {
+            let (ino, parent, window, more, after) = self
+                .handles
+                .with_dir(fh, |d| {
+                    let window: Vec<DirEntry> = d
+                        .entries
+                        .iter()
+                        .skip(pos.saturating_sub(2))
+                        .take(256)
+                        .cloned()
+                        .collect();
+                    let after = d.entries.last().map(|e| e.name.clone());
+                    (d.ino, d.parent, window, d.more, after)
+                })
+                .ok_or(libc::EBADF)?;
+            if pos < 2 {
+                let (e_ino, name) = if pos == 0 { (ino, ".") } else { (parent, "..") };
+                if reply.add(e_ino, pos as i64 + 1, FileType::Directory, name) {
+                    return Ok(());
+                }
+                pos += 1;
+                continue;
+            }
+            if window.is_empty() {
+                if !more {
+                    return Ok(());
+                }
+                let (page, more) = self.fs.readdir(ino, after, DIR_PAGE).await.map_err(errno)?;
+                self.handles.with_dir(fh, |d| {
+                    d.entries.extend(page);
+                    d.more = more;
+                });
+                continue;
+            }
+            for e in window {
+                if reply.add(e.ino, pos as i64 + 1, file_type(e.kind), &e.name) {
+                    return Ok(());
+                }
+                pos += 1;
+            }
+        }
+    }
+
+    fn lock_spec(&self, owner: u64, pid: u32, start: u64, end: u64) -> LockSpec {
+        LockSpec {
+            session: self.session,
+            owner,
+            pid,
+            start,
+            end,
+        }
+    }
+
+    async fn setlk(
+        &self,
+        ino: Ino,
+        spec: LockSpec,
+        kind: Option<LockKind>,
+        sleep: bool,
+    ) -> Result<(), Errno> {
+        if kind.is_some() {
+            // Before asking: a close racing with the grant must find the owner.
+            self.handles.locked(ino, spec.owner);
+        }
+        loop {
+            match self.fs.set_lock(ino, spec, kind).await {
+                Ok(()) => return Ok(()),
+                Err(e) if sleep && e.fs() == Some(FsError::WouldBlock) => {
+                    tokio::time::sleep(self.opts.lock_poll).await;
+                }
+                Err(e) => return Err(errno(e)),
+            }
+        }
+    }
+}
+
+/// Answer a reply-taking request from a future's result.
+macro_rules! answer {
+    ($reply:ident, $fut:expr, |$v:ident| $ok:expr) => {
+        async move {
+            match $fut.await {
+                Ok($v) => $ok,
+                Err(e) => $reply.error(e),
+            }
+        }
+    };
+}
+
+impl fuser::Filesystem for CairnFs {
+    fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
+        for cap in [
+            FUSE_POSIX_LOCKS,
+            FUSE_FLOCK_LOCKS,
+            FUSE_AUTO_INVAL_DATA,
+            FUSE_PARALLEL_DIROPS,
+        ] {
+            if config.add_capabilities(cap).is_err() {
+                tracing::warn!(cap, "the kernel does not offer a FUSE capability");
+            }
+        }
+        let _ = config.set_max_background(64);
+        let _ = config.set_max_write(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(|i| async move {
+            match i.fs.lookup(parent, &name).await {
+                Ok(a) => {
+                    let a = i.handles.view(a);
+                    reply.entry(&i.entry_ttl(), &file_attr(&a), a.generation)
+                }
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        self.spawn(|i| {
+            answer!(reply, i.getattr(ino), |a| reply
+                .attr(&i.opts.attr_ttl, &file_attr(&a)))
+        });
+    }
+
+    fn setattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<u64>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<u32>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttrs {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+        };
+        self.spawn(|i| {
+            answer!(reply, i.setattr(ino, set), |a| reply
+                .attr(&i.opts.attr_ttl, &file_attr(&a)))
+        });
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        self.spawn(|i| async move {
+            match i.fs.readlink(ino).await {
+                Ok(t) => reply.data(t.as_bytes()),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // Only regular files: the namespace has no devices, fifos or sockets.
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return reply.error(libc::EPERM);
+        }
+        self.make(req, parent, name, FileKind::File, mode, reply);
+    }
+
+    fn mkdir(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.make(req, parent, name, FileKind::Dir, mode, reply);
+    }
+
+    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(|i| async move {
+            match i.fs.unlink(parent, &name).await {
+                Ok(freed) => {
+                    i.freed(freed).await;
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(|i| async move {
+            match i.fs.rmdir(parent, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn symlink(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (name, target) = match (name_of(link_name), target.to_str()) {
+            (Ok(n), Some(t)) => (n, t.to_string()),
+            (Err(e), _) => return reply.error(e),
+            (_, None) => return reply.error(libc::EINVAL),
+        };
+        let (uid, gid) = (req.uid(), req.gid());
+        self.spawn(|i| async move {
+            match i.fs.symlink(parent, &name, &target, uid, gid).await {
+                Ok(a) => reply.entry(&i.entry_ttl(), &file_attr(&a), a.generation),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn rename(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (name, newname) = match (name_of(name), name_of(newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        let known = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE;
+        if flags & !known != 0 {
+            return reply.error(libc::EINVAL);
+        }
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        self.spawn(|i| async move {
+            let r =
+                i.fs.rename((parent, &name), (newparent, &newname), noreplace, exchange)
+                    .await;
+            match r {
+                Ok(freed) => {
+                    i.freed(freed).await;
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn link(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let newname = match name_of(newname) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(|i| async move {
+            match i.fs.link(ino, newparent, &newname).await {
+                Ok(a) => {
+                    let a = i.handles.view(a);
+                    reply.entry(&i.entry_ttl(), &file_attr(&a), a.generation)
+                }
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        self.spawn(|i| answer!(reply, i.open(ino), |v| reply.opened(v.0, v.1)));
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyData,
+    ) {
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(libc::EINVAL);
+        };
+        self.spawn(|i| answer!(reply, i.read(ino, fh, offset, size), |d| reply.data(&d)));
+    }
+
+    fn write(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        data: &[u8],
+        _write_flags: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyWrite,
+    ) {
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(libc::EINVAL);
+        };
+        let data = Bytes::copy_from_slice(data);
+        self.spawn(|i| answer!(reply, i.write(ino, fh, offset, data), |n| reply.written(n)));
+    }
+
+    fn flush(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, owner: u64, reply: ReplyEmpty) {
+        self.spawn(|i| answer!(reply, i.flush(ino, owner), |_v| reply.ok()));
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        _flags: i32,
+        lock_owner: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|i| answer!(reply, i.release(ino, fh, lock_owner), |_v| reply.ok()));
+    }
+
+    fn fsync(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _data: bool, reply: ReplyEmpty) {
+        // Data writes were durable when acknowledged; what may be pending is the size.
+        self.spawn(|i| answer!(reply, i.commit_size(ino), |_v| reply.ok()));
+    }
+
+    fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        self.spawn(|i| answer!(reply, i.opendir(ino), |fh| reply.opened(fh, 0)));
+    }
+
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
+        self.spawn(|i| async move {
+            match i.readdir(fh, offset, &mut reply).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn releasedir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.inner.handles.close_dir(fh);
+        reply.ok();
+    }
+
+    fn fsyncdir(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _d: bool, reply: ReplyEmpty) {
+        // Namespace changes are committed through raft before they are answered.
+        reply.ok();
+    }
+
+    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        self.spawn(|i| async move {
+            match i.fs.capacity().await {
+                Ok(c) => {
+                    let bs = 4096u64;
+                    let free_inodes = 1u64 << 40;
+                    reply.statfs(
+                        c.total_bytes / bs,
+                        c.free_bytes / bs,
+                        c.free_bytes / bs,
+                        c.inodes + free_inodes,
+                        free_inodes,
+                        bs as u32,
+                        NAME_MAX as u32,
+                        bs as u32,
+                    )
+                }
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn setxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(name) = name.to_str().map(str::to_string) else {
+            return reply.error(libc::EINVAL);
+        };
+        let flags = match flags {
+            0 => XattrFlag::Either,
+            libc::XATTR_CREATE => XattrFlag::CreateOnly,
+            libc::XATTR_REPLACE => XattrFlag::ReplaceOnly,
+            _ => return reply.error(libc::EINVAL),
+        };
+        if position != 0 {
+            return reply.error(libc::EINVAL);
+        }
+        let value = value.to_vec();
+        self.spawn(|i| async move {
+            match i.fs.setxattr(ino, &name, value, flags).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn getxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+        reply: ReplyXattr,
+    ) {
+        let Some(name) = name.to_str().map(str::to_string) else {
+            return reply.error(libc::EINVAL);
+        };
+        self.spawn(|i| async move {
+            match i.fs.getxattr(ino, &name).await {
+                Ok(v) => xattr_reply(reply, size, &v),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        self.spawn(|i| async move {
+            match i.fs.listxattr(ino).await {
+                Ok(names) => {
+                    let mut buf = Vec::new();
+                    for n in names {
+                        buf.extend_from_slice(n.as_bytes());
+                        buf.push(0);
+                    }
+                    xattr_reply(reply, size, &buf)
+                }
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name.to_str().map(str::to_string) else {
+            return reply.error(libc::EINVAL);
+        };
+        self.spawn(|i| async move {
+            match i.fs.removexattr(ino, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn access(&mut self, _req: &Request<'_>, _ino: u64, _mask: i32, reply: ReplyEmpty) {
+        // Mounted with default_permissions: the kernel checks modes itself.
+        reply.ok();
+    }
+
+    fn create(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let ids = (req.uid(), req.gid());
+        let exclusive = flags & libc::O_EXCL != 0;
+        self.spawn(|i| async move {
+            match i
+                .create_node(ids, parent, name, FileKind::File, mode, exclusive)
+                .await
+            {
+                Ok((attr, _)) => {
+                    let (fh, shown, _) = i.handles.open_file(attr);
+                    let ttl = i.entry_ttl();
+                    reply.created(&ttl, &file_attr(&shown), shown.generation, fh, 0)
+                }
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn getlk(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let kind = match lock_kind(typ) {
+            Ok(Some(k)) => k,
+            Ok(None) => return reply.locked(start, end, libc::F_UNLCK, pid),
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(|i| async move {
+            let spec = i.lock_spec(lock_owner, pid, start, lock_end(end));
+            match i.fs.test_lock(ino, spec, kind).await {
+                Ok(None) => reply.locked(start, end, libc::F_UNLCK, pid),
+                Ok(Some(h)) => {
+                    let typ = match h.kind {
+                        LockKind::Shared => libc::F_RDLCK,
+                        LockKind::Exclusive => libc::F_WRLCK,
+                    };
+                    reply.locked(h.start, h.end.min(OFFSET_MAX), typ, h.pid)
+                }
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn setlk(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let kind = match lock_kind(typ) {
+            Ok(k) => k,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(|i| async move {
+            let spec = i.lock_spec(lock_owner, pid, start, lock_end(end));
+            match i.setlk(ino, spec, kind, sleep).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+}
+
+impl CairnFs {
+    fn make(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        kind: FileKind,
+        mode: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let ids = (req.uid(), req.gid());
+        self.spawn(|i| async move {
+            match i.create_node(ids, parent, name, kind, mode, true).await {
+                Ok((a, _)) => reply.entry(&i.entry_ttl(), &file_attr(&a), a.generation),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+}
+
+async fn free_now(fs: &FsClient, f: FreedFile) {
+    if let Err(e) = fs.free(f).await {
+        tracing::warn!(ino = f.ino, error = %e, "could not delete the data of a removed file");
+    }
+}
+
+/// Delete the data of removed files `grace` after they were removed, so that a reader on another
+/// mount that opened the file just before it went (an editor's save-by-rename under a reader)
+/// still reads it whole. When `files` closes (unmount), what is left is deleted at once.
+pub(crate) async fn reap(
+    fs: FsClient,
+    mut files: mpsc::UnboundedReceiver<FreedFile>,
+    grace: Duration,
+) {
+    let mut due: std::collections::VecDeque<(tokio::time::Instant, FreedFile)> = Default::default();
+    loop {
+        let next = due.front().map(|(at, _)| *at);
+        tokio::select! {
+            f = files.recv() => match f {
+                Some(f) => due.push_back((tokio::time::Instant::now() + grace, f)),
+                None => break,
+            },
+            _ = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some((_, f)) = due.pop_front() {
+                    free_now(&fs, f).await;
+                }
+            }
+        }
+    }
+    for (_, f) in due {
+        free_now(&fs, f).await;
+    }
+}
+
+/// `getxattr`/`listxattr` answer: the size when asked for it (`size` 0), `ERANGE` when the
+/// caller's buffer is too small, else the bytes.
+fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(libc::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}
