@@ -16,7 +16,7 @@ cargo build --release -p cairn >/dev/null
 BIN=target/release/cairn
 MPORT=$((17000 + RANDOM % 1000))
 OPORT=$((MPORT + 1000))
-$BIN server --data "$DIR/cluster" --meta-port $MPORT --osd-port $OPORT >"$DIR/server.log" 2>&1 &
+$BIN server --data "$DIR/cluster" --meta-port $MPORT --osd-port $OPORT --iscsi-port $((MPORT + 500)) --nfs-port 0 >"$DIR/server.log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do

@@ -91,6 +91,11 @@ pub struct OsdArgs {
     /// Capacity limit (e.g. 100G); default: the file system's size.
     #[arg(long)]
     capacity: Option<String>,
+    /// Write journal: `file` (DATA/journal; the default), `nvdisk:shm` (memory pool in /dev/shm,
+    /// survives kill -9), `nvdisk:sync` (fdatasync'ed nvdisk log, survives power loss) or
+    /// `nvdisk:file=/path/pool,size=256M[,sync]`.
+    #[arg(long, value_name = "SPEC")]
+    journal: Option<String>,
 }
 
 #[derive(Args)]
@@ -101,9 +106,12 @@ pub struct GatewayArgs {
     /// Metadata service addresses, comma separated.
     #[arg(long, env = "CAIRN_META", value_delimiter = ',')]
     meta: Vec<String>,
-    /// iSCSI portal address (ip:port).
+    /// iSCSI portal address (ip:port); empty disables iSCSI.
     #[arg(long)]
     iscsi: Option<String>,
+    /// NFSv3 address (ip:port, NFS and MOUNT on one port); empty disables NFS.
+    #[arg(long)]
+    nfs: Option<String>,
 }
 
 #[derive(Args)]
@@ -129,6 +137,9 @@ pub struct ServerArgs {
     /// iSCSI portal port.
     #[arg(long, default_value_t = 3260)]
     iscsi_port: u16,
+    /// NFSv3 port (NFS and MOUNT share it; 0 disables NFS).
+    #[arg(long, default_value_t = 2049)]
+    nfs_port: u16,
     /// Replication size of the `default` pool (default: min(3, OSDs)).
     #[arg(long)]
     pool_size: Option<u8>,
@@ -245,6 +256,9 @@ pub async fn run_osd(args: OsdArgs) -> Result<()> {
     if let Some(c) = args.capacity {
         cfg.capacity = parse_size(&c)?;
     }
+    if let Some(j) = args.journal {
+        cfg.journal = j.parse()?;
+    }
     cfg.validate()?;
     let osd = Osd::start(cfg).await?;
     tracing::info!(id = %osd.id(), addr = %osd.addr(), "osd serving");
@@ -261,10 +275,16 @@ pub async fn run_gateway(args: GatewayArgs) -> Result<()> {
     if let Some(i) = args.iscsi {
         cfg.iscsi_listen = i;
     }
+    if let Some(n) = args.nfs {
+        cfg.nfs_listen = n;
+    }
     let gw = cairn_gateway::daemon::start(cfg).await?;
     if let Some(a) = gw.iscsi_addr {
         tracing::info!(addr = %a, "iSCSI portal serving");
         println!("iscsi     iscsi://{a}");
+    }
+    if let Some(p) = gw.nfs_port {
+        println!("nfs       port {p} (NFSv3 and MOUNT)");
     }
     shutdown_signal().await;
     gw.stop().await?;
@@ -336,6 +356,11 @@ pub async fn run_server(args: ServerArgs) -> Result<()> {
     let gw = cairn_gateway::daemon::start(GatewayConfig {
         meta: meta_addrs.clone(),
         iscsi_listen: format!("{}:{}", args.bind, args.iscsi_port),
+        nfs_listen: if args.nfs_port == 0 {
+            String::new()
+        } else {
+            format!("{}:{}", args.bind, args.nfs_port)
+        },
         ..GatewayConfig::default()
     })
     .await
@@ -348,6 +373,12 @@ pub async fn run_server(args: ServerArgs) -> Result<()> {
     println!("  pool      default");
     if let Some(a) = gw.iscsi_addr {
         println!("  iscsi     iscsi://{a}  (cairn vol create, cairn iscsi target/lun ...)");
+    }
+    if let Some(p) = gw.nfs_port {
+        println!(
+            "  nfs       nfs://{}/?version=3&nfsport={p}&mountport={p}  (mount -t nfs -o vers=3,proto=tcp,port={p},mountport={p},nolock {}:/ DIR)",
+            args.bind, args.bind
+        );
     }
     println!("try: cairn status --meta {}", meta_addrs.join(","));
     println!("Ctrl-C stops the cluster.");

@@ -23,6 +23,8 @@ pub struct GatewayConfig {
     pub iscsi_listen: String,
     /// iSCSI target tunables.
     pub iscsi: IscsiOptions,
+    /// NFSv3 (and MOUNT) address (`ip:port`, one port for both); empty disables NFS.
+    pub nfs_listen: String,
 }
 
 impl Default for GatewayConfig {
@@ -31,6 +33,7 @@ impl Default for GatewayConfig {
             meta: vec!["127.0.0.1:7000".into()],
             iscsi_listen: "127.0.0.1:3260".into(),
             iscsi: IscsiOptions::default(),
+            nfs_listen: "127.0.0.1:2049".into(),
         }
     }
 }
@@ -50,6 +53,8 @@ impl GatewayConfig {
 /// A running gateway.
 pub struct GatewayHandle {
     pub iscsi_addr: Option<SocketAddr>,
+    /// The NFSv3 port, when NFS is served.
+    pub nfs_port: Option<u16>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<(), GatewayError>>>,
 }
@@ -91,8 +96,37 @@ pub async fn start(cfg: GatewayConfig) -> Result<GatewayHandle, GatewayError> {
             rx.clone(),
         )));
     }
+    let mut nfs_port = None;
+    if !cfg.nfs_listen.is_empty() {
+        let (ptx, prx) = tokio::sync::oneshot::channel();
+        let (cluster, addr, rx) = (cluster.clone(), cfg.nfs_listen.clone(), rx.clone());
+        tasks.push(tokio::spawn(async move {
+            crate::nfs::serve_nfs(cluster, &addr, rx, move |port| {
+                let _ = ptx.send(port);
+            })
+            .await
+            .map_err(GatewayError::Io)
+        }));
+        match prx.await {
+            Ok(p) => nfs_port = Some(p),
+            Err(_) => {
+                // The server ended before binding: its task holds the reason.
+                let _ = stop.send(true);
+                let mut first_err = GatewayError::Unavailable {
+                    service: "NFS listener",
+                };
+                for t in tasks {
+                    if let Ok(Err(e)) = t.await {
+                        first_err = e;
+                    }
+                }
+                return Err(first_err);
+            }
+        }
+    }
     Ok(GatewayHandle {
         iscsi_addr,
+        nfs_port,
         stop,
         tasks,
     })

@@ -54,6 +54,9 @@ fn gateway(c: &ProcCluster, name: &str, port: u16) -> Daemon {
         c.meta_addrs.join(","),
         "--iscsi".into(),
         format!("127.0.0.1:{port}"),
+        // NFS is not under test here; two gateways must not both take its port.
+        "--nfs".into(),
+        String::new(),
     ];
     Daemon::spawn(name, args, c.dir.path()).expect("spawn gateway")
 }

@@ -22,7 +22,12 @@ fn start(dir: &std::path::Path, ports: (u16, u16, u16)) -> Server {
             "--osd-port",
             &ports.1.to_string(),
         ])
-        .args(["--iscsi-port", &ports.2.to_string()])
+        .args([
+            "--iscsi-port",
+            &ports.2.to_string(),
+            "--nfs-port",
+            &free_port().to_string(),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
