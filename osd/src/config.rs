@@ -1,6 +1,7 @@
 //! The OSD's configuration file (TOML or any serde format); every field has a default.
 
 use crate::error::{Error, Result};
+use crate::nvjournal::JournalSpec;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -31,7 +32,14 @@ pub struct OsdConfig {
     pub scrub_interval_ms: u64,
     /// Bytes per second recovery and backfill may copy (client I/O is not throttled); 0: no limit.
     pub recovery_bytes_per_sec: u64,
-    /// Checkpoint (sync the store, trim the journal) once the journal holds this many bytes.
+    /// Where the write journal lives: `"file"` (`data_dir/journal`, fdatasync'ed: survives
+    /// power loss), `"nvdisk:shm"` (a memory pool in /dev/shm: survives a process crash, not
+    /// power loss), `"nvdisk:sync"` (anonymous pool plus an fdatasync'ed write-ahead log:
+    /// survives power loss) or `"nvdisk:file=/path/pool,size=256M[,sync]"`; the nvdisk's backups
+    /// and logs go to `data_dir/nvdisk/`. Full syntax in [`crate::nvjournal`].
+    pub journal: JournalSpec,
+    /// Checkpoint (sync the store, trim the journal) once the journal holds this many bytes
+    /// (at most half a bounded nvdisk journal).
     pub checkpoint_bytes: u64,
     /// ... or this often, whichever comes first.
     pub checkpoint_interval_ms: u64,
@@ -58,6 +66,7 @@ impl Default for OsdConfig {
             heartbeat_ms: 1000,
             scrub_interval_ms: 24 * 3600 * 1000,
             recovery_bytes_per_sec: 100 << 20,
+            journal: JournalSpec::File,
             checkpoint_bytes: 64 << 20,
             checkpoint_interval_ms: 5000,
             pg_log_keep: crate::store::DEFAULT_LOG_KEEP,
@@ -142,7 +151,18 @@ mod tests {
         let c: OsdConfig = toml::from_str("data_dir = \"/srv/osd1\"\ncapacity = 1000\n").unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/srv/osd1"));
         assert_eq!(c.capacity, 1000);
+        assert_eq!(c.journal, JournalSpec::File);
         assert_eq!(c.heartbeat_ms, OsdConfig::default().heartbeat_ms);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn journal_spec_reads_from_toml_and_bad_ones_name_the_field() {
+        let c: OsdConfig = toml::from_str("journal = \"nvdisk:shm,size=64M\"\n").unwrap();
+        assert_eq!(c.journal.to_string(), "nvdisk:shm,size=64M");
+        let e = toml::from_str::<OsdConfig>("journal = \"nvdisk:tmpfs\"\n").unwrap_err();
+        assert!(e.to_string().contains("journal"), "{e}");
+        let back = toml::to_string(&c).unwrap();
+        assert!(back.contains("journal = \"nvdisk:shm,size=64M\""), "{back}");
     }
 }

@@ -1,6 +1,9 @@
 //! The write path to the disk: journal the mutation (durable), apply it to the store (not
 //! synced), and now and then checkpoint: pause writers, sync the store, trim the journal.
 //!
+//! A bounded journal (an nvdisk ring) that is full does not fail the write: the writer forces a
+//! checkpoint, which empties the journal, and appends again.
+//!
 //! On start, every journaled record is replayed into the store in order (mutations are blind
 //! writes, so replaying over a store that already holds some of them converges), then the store
 //! is synced and the journal trimmed.
@@ -21,6 +24,10 @@ pub struct Record {
     pub oid: Oid,
     pub mutation: Mutation,
 }
+
+/// Checkpoints a writer forces in a row on a full journal before it gives up; each one empties
+/// the journal, so more are needed only while other writers refill it every time.
+const FULL_ROUNDS: u32 = 16;
 
 /// See the module doc.
 pub struct Durable {
@@ -47,6 +54,12 @@ impl Durable {
         capacity: u64,
         checkpoint_bytes: u64,
     ) -> Durable {
+        // Checkpoint a bounded journal at half full at the latest, so that writers rarely find it
+        // full and wait for a forced checkpoint.
+        let checkpoint_bytes = match journal.capacity() {
+            Some(cap) if checkpoint_bytes > 0 => checkpoint_bytes.min(cap / 2),
+            _ => checkpoint_bytes,
+        };
         Durable {
             store,
             journal,
@@ -96,18 +109,37 @@ impl Durable {
 
     /// Journal and apply one mutation. Returns the object's version before it (for `Apply`).
     pub async fn commit(self: &Arc<Self>, pg: PgId, oid: Oid, mutation: Mutation) -> Result<u64> {
-        let _shared = self.gate.read().await;
-        if self.failed() {
-            return Err(Error::JournalPoisoned);
-        }
-        let me = self.clone();
-        let r = tokio::task::spawn_blocking(move || me.commit_blocking(pg, oid, &mutation))
+        let mut mutation = mutation;
+        let mut rounds = 0;
+        loop {
+            let shared = self.gate.read().await;
+            if self.failed() {
+                return Err(Error::JournalPoisoned);
+            }
+            // A checkpoint needs the gate exclusively: one counted after `seen` ran after this
+            // append, so if the append finds the journal full, that checkpoint has made room.
+            let seen = self.checkpoints();
+            let me = self.clone();
+            let (m, r) = tokio::task::spawn_blocking(move || {
+                let r = me.commit_blocking(pg, oid, &mutation);
+                (mutation, r)
+            })
             .await
             .map_err(|_| Error::ShuttingDown)?;
-        if self.checkpoint_bytes > 0 && self.journal.len_bytes() >= self.checkpoint_bytes {
-            self.checkpoint_wanted.notify_one();
+            mutation = m;
+            if self.checkpoint_bytes > 0 && self.journal.len_bytes() >= self.checkpoint_bytes {
+                self.checkpoint_wanted.notify_one();
+            }
+            drop(shared);
+            match r {
+                Err(Error::JournalFull { needed, free }) if rounds < FULL_ROUNDS => {
+                    rounds += 1;
+                    tracing::debug!(needed, free, rounds, "journal full; checkpointing");
+                    self.checkpoint_unless_since(Some(seen)).await?;
+                }
+                r => return r,
+            }
         }
-        r
     }
 
     fn commit_blocking(&self, pg: PgId, oid: Oid, mutation: &Mutation) -> Result<u64> {
@@ -141,7 +173,15 @@ impl Durable {
 
     /// Pause writers, sync the store and trim the journal.
     pub async fn checkpoint(self: &Arc<Self>) -> Result<()> {
+        self.checkpoint_unless_since(None).await
+    }
+
+    /// [`Durable::checkpoint`], unless one completed since the count was `seen`.
+    async fn checkpoint_unless_since(self: &Arc<Self>, seen: Option<u64>) -> Result<()> {
         let _excl = self.gate.write().await;
+        if seen.is_some_and(|n| self.checkpoints() > n) {
+            return Ok(());
+        }
         if self.failed() {
             return Err(Error::JournalPoisoned);
         }
@@ -174,6 +214,7 @@ impl Durable {
 mod tests {
     use super::*;
     use crate::journal::FileJournal;
+    use crate::nvjournal::NvJournal;
     use crate::store::mem::MemStore;
     use crate::store::sled_store::SledStore;
     use crate::store::StoreOptions;
@@ -278,5 +319,71 @@ mod tests {
         drop((d, store));
         let store = SledStore::open(&dir.path().join("s"), StoreOptions::default()).unwrap();
         assert_eq!(store.read(pg(), Oid(1), 0, 10).unwrap(), &b"abc"[..]);
+    }
+
+    /// A journal ring of 64 KiB (60 KiB of records) on an nvdisk in `dir`.
+    fn small_nv_journal(dir: &std::path::Path) -> Arc<dyn Journal> {
+        let cfg = cairn_nvdisk::Config {
+            pool: cairn_nvdisk::PoolMode::File(dir.join("pool")),
+            size: 64 << 10,
+            snapshot_buffer: 64 << 10,
+            backup_dir: dir.join("nvdisk"),
+            ..cairn_nvdisk::Config::default()
+        };
+        std::fs::create_dir_all(&cfg.backup_dir).unwrap();
+        let disk = Arc::new(cairn_nvdisk::NvDisk::open(cfg).unwrap());
+        Arc::new(NvJournal::on(disk).unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_full_journal_forces_a_checkpoint_instead_of_failing_the_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(MemStore::default());
+        let j = small_nv_journal(dir.path());
+        // No size-triggered checkpoints: only a full ring makes room.
+        let d = Arc::new(Durable::new(store.clone(), j.clone(), 0, 0));
+        let tasks: Vec<_> = (0..8u128)
+            .map(|t| {
+                let d = d.clone();
+                tokio::spawn(async move {
+                    for i in 0..20u8 {
+                        let data = Bytes::from(vec![t as u8 ^ i; 4096]);
+                        let m = Mutation::Apply {
+                            version: i as u64 * 8 + t as u64 + 1,
+                            op: ObjOp::WriteFull { data },
+                            mtime: 0,
+                        };
+                        d.commit(pg(), Oid(t), m).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            tokio::time::timeout(std::time::Duration::from_secs(60), t)
+                .await
+                .expect("writers finish")
+                .unwrap();
+        }
+        // 160 records of over 4 KiB went through a ring that holds fewer than 15.
+        assert!(d.checkpoints() >= 10, "{} checkpoints", d.checkpoints());
+        for t in 0..8u128 {
+            let want = vec![t as u8 ^ 19; 4096];
+            assert_eq!(store.read(pg(), Oid(t), 0, 4096).unwrap(), want);
+        }
+        // A record larger than the ring is refused as an invalid request and changes nothing.
+        let big = Mutation::Apply {
+            version: 161,
+            op: ObjOp::WriteFull {
+                data: Bytes::from(vec![0u8; 64 << 10]),
+            },
+            mtime: 0,
+        };
+        let e = d.commit(pg(), Oid(0), big).await.unwrap_err();
+        assert!(matches!(e, Error::JournalRecordTooLarge { .. }), "{e:?}");
+        assert!(matches!(
+            e.to_wire(cairn_proto::OsdId(1)),
+            cairn_proto::WireError::Invalid { .. }
+        ));
+        assert_eq!(store.pg_info(pg()).unwrap().last_update, 160);
     }
 }

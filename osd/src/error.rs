@@ -42,6 +42,16 @@ pub enum Error {
     /// A journal fsync failed: what reached the disk is unknown, so the journal stops.
     #[error("journal failed earlier and accepts no more records")]
     JournalPoisoned,
+    /// A bounded journal has no room for the record until a checkpoint trims it.
+    #[error("journal full: record needs {needed} bytes, {free} free")]
+    JournalFull { needed: u64, free: u64 },
+    /// A record larger than the whole journal: the write can never be journaled.
+    #[error("write of {len} bytes exceeds the journal's largest record of {max} bytes")]
+    JournalRecordTooLarge { len: u64, max: u64 },
+    /// The nvdisk under an nvdisk journal failed (I/O, a failed committer, a lock, a geometry
+    /// that does not match its backups).
+    #[error("nvdisk journal: {0}")]
+    NvDisk(#[source] cairn_nvdisk::Error),
     #[error("bad configuration: {field}: {reason}")]
     Config { field: &'static str, reason: String },
     #[error("rpc: {0}")]
@@ -88,6 +98,9 @@ impl Error {
             e if e.is_enospc() => WireError::NoSpace { osd },
             Error::Invalid { reason } => WireError::Invalid {
                 reason: reason.clone(),
+            },
+            e @ Error::JournalRecordTooLarge { .. } => WireError::Invalid {
+                reason: e.to_string(),
             },
             Error::Rpc(RpcError::Remote(w)) | Error::Wire(w) => w.clone(),
             Error::Rpc(RpcError::Timeout { .. }) => WireError::Timeout,

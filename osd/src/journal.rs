@@ -1,8 +1,9 @@
 //! The write-ahead journal: a mutation is durable once its record is, so the store itself is
 //! only made durable at checkpoints ([`crate::durable`]).
 //!
-//! [`Journal`] is the seam for other journal devices (an nvdisk-backed one has the same shape:
-//! `append` → durable sequence number, `replay`, `trim_through`). [`FileJournal`] is a plain file:
+//! [`Journal`] is the seam for other journal devices (`append` → durable sequence number,
+//! `replay`, `trim_through`; the nvdisk one is [`crate::nvjournal::NvJournal`]).
+//! [`FileJournal`] is a plain file:
 //!
 //! ```text
 //! header (24 bytes): "CRNJ" | version u32 = 1 | first_seq u64 | reserved u32 | crc32(bytes 0..20) u32
@@ -48,6 +49,11 @@ pub trait Journal: Send + Sync + 'static {
     fn last_seq(&self) -> u64;
     /// Bytes the kept records take.
     fn len_bytes(&self) -> u64;
+    /// Bytes the journal can hold at most, if it is bounded (appends beyond fail with
+    /// [`Error::JournalFull`] until a trim).
+    fn capacity(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Why the end of a journal was cut off when it was opened.

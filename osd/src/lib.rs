@@ -4,6 +4,7 @@
 //! - [`store`]: the object store trait and its implementations (sled + data files; memory).
 //!   Objects with checksummed chunks, typed-field indexes, per-PG logs and infos.
 //! - [`journal`]: the write-ahead journal trait and the file journal (group commit, torn tails).
+//! - [`nvjournal`]: the journal on an nvdisk ring, and the `journal` setting that picks one.
 //! - [`durable`]: journal → apply → (checkpoint: sync store, trim journal); replay on start.
 //! - [`server`]: the daemon: boot with the metadata service, heartbeats, map, RPC handler.
 //! - `replication`: client ops on the primary, sub-ops to replicas, pushes, read repair.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod durable;
 pub mod error;
 pub mod journal;
+pub mod nvjournal;
 mod pg;
 mod recovery;
 mod replication;

@@ -8,7 +8,8 @@
 use crate::config::OsdConfig;
 use crate::durable::Durable;
 use crate::error::{Error, Result};
-use crate::journal::FileJournal;
+use crate::journal::{FileJournal, Journal};
+use crate::nvjournal::{JournalSpec, NvJournal};
 use crate::pg::Pgs;
 use crate::stats::Stats;
 use crate::store::sled_store::SledStore;
@@ -354,14 +355,15 @@ impl Osd {
     pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir).map_err(Error::io(&cfg.data_dir))?;
-        let store_dir = cfg.data_dir.join("store");
-        let journal_path = cfg.data_dir.join("journal");
+        // Canonical, so that an shm pool is named the same however the directory is spelled.
+        let data_dir = std::fs::canonicalize(&cfg.data_dir).map_err(Error::io(&cfg.data_dir))?;
+        let spec = cfg.journal.clone();
         let opts = StoreOptions {
             log_keep: cfg.pg_log_keep,
         };
         let (store, journal) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let store: Arc<dyn Store> = Arc::new(SledStore::open(&store_dir, opts)?);
-            let journal = Arc::new(FileJournal::open(&journal_path)?);
+            let store: Arc<dyn Store> = Arc::new(SledStore::open(&data_dir.join("store"), opts)?);
+            let journal = open_journal(&spec, &data_dir, store.as_ref())?;
             let n = Durable::replay(store.as_ref(), journal.as_ref())?;
             if n > 0 {
                 tracing::info!(records = n, "journal replayed");
@@ -470,6 +472,47 @@ impl Osd {
             shutdown: shutdown_tx,
             tasks,
         })
+    }
+}
+
+/// Opens the journal `spec` names. A file journal left by an earlier run with another setting
+/// is replayed into `store` and removed first; an nvdisk left behind makes a file-journal OSD
+/// refuse to start, since its records cannot be read without the nvdisk's own setting.
+fn open_journal(
+    spec: &JournalSpec,
+    data_dir: &Path,
+    store: &dyn Store,
+) -> Result<Arc<dyn Journal>> {
+    let file_path = data_dir.join("journal");
+    match spec {
+        JournalSpec::File => {
+            let nv_dir = data_dir.join("nvdisk");
+            if nv_dir.exists() {
+                return Err(Error::Config {
+                    field: "journal",
+                    reason: format!(
+                        "{} holds an nvdisk journal: start with its nvdisk setting (a clean \
+                         stop leaves it empty), then remove the directory to use the file journal",
+                        nv_dir.display()
+                    ),
+                });
+            }
+            Ok(Arc::new(FileJournal::open(&file_path)?))
+        }
+        JournalSpec::NvDisk(nv) => {
+            if file_path.exists() {
+                let old = FileJournal::open(&file_path)?;
+                let n = Durable::replay(store, &old)?;
+                tracing::info!(
+                    records = n,
+                    "replayed the file journal before switching to nvdisk"
+                );
+                drop(old);
+                // Emptied by the replay: should the removal be lost, an empty journal is left.
+                std::fs::remove_file(&file_path).map_err(Error::io(&file_path))?;
+            }
+            Ok(Arc::new(NvJournal::open(nv, data_dir)?))
+        }
     }
 }
 
