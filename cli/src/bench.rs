@@ -239,7 +239,8 @@ pub async fn run(meta: Vec<String>, cmd: BenchCmd) -> Result<()> {
             for &conc in &concurrency {
                 let tag = (u64::from(psize) << 40) ^ (size << 8) ^ conc as u64;
                 // Objects each worker wrote (worker w wrote seq 0..written[w]).
-                let written: Arc<Vec<AtomicU64>> = Arc::new((0..conc).map(|_| AtomicU64::new(0)).collect());
+                let written: Arc<Vec<AtomicU64>> =
+                    Arc::new((0..conc).map(|_| AtomicU64::new(0)).collect());
                 let (io2, data2, w2) = (io.clone(), data.clone(), written.clone());
                 let name = format!("put {} c{} size{}", human_bytes(size), conc, psize);
                 let put = run_phase(&name, conc, seconds, size, move |w, seq| {
@@ -276,8 +277,8 @@ pub async fn run(meta: Vec<String>, cmd: BenchCmd) -> Result<()> {
     };
     println!();
     println!(
-        "{:<30} {:>9} {:>10} {:>9} {:>9} {:>9} {:>6}  {}",
-        "phase", "ops/s", "MB/s", "p50 µs", "p99 µs", "max µs", "errors", "vs disk (fio)"
+        "{:<30} {:>9} {:>10} {:>9} {:>9} {:>9} {:>6}  vs disk (fio)",
+        "phase", "ops/s", "MB/s", "p50 µs", "p99 µs", "max µs", "errors"
     );
     for (_psize, size, conc, r) in &results {
         let ratio = match &fio {

@@ -93,8 +93,8 @@ pub async fn run(meta: Vec<String>, json: bool) -> Result<()> {
     }
     println!();
     println!(
-        "{:<16} {:>4} {:>4} {:>8} {:>6}  {}",
-        "POOL", "ID", "SIZE", "MIN_SIZE", "PGS", "MODE"
+        "{:<16} {:>4} {:>4} {:>8} {:>6}  MODE",
+        "POOL", "ID", "SIZE", "MIN_SIZE", "PGS"
     );
     for p in map.pools.values() {
         println!(

@@ -61,7 +61,10 @@ pub enum LunCmd {
         #[arg(long)]
         lun: Option<u64>,
     },
-    Rm { iqn: String, lun: u64 },
+    Rm {
+        iqn: String,
+        lun: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -83,7 +86,13 @@ pub enum ChapCmd {
 }
 
 async fn volume(cluster: &cairn_client::Cluster, name: &str) -> Result<VolumeInfo> {
-    match cluster.meta().call(MetaRequest::Read(MetaRead::Volume { name: name.to_string() })).await? {
+    match cluster
+        .meta()
+        .call(MetaRequest::Read(MetaRead::Volume {
+            name: name.to_string(),
+        }))
+        .await?
+    {
         MetaResponse::Volume(v) => Ok(v),
         other => bail!("unexpected reply {other:?}"),
     }
@@ -92,25 +101,54 @@ async fn volume(cluster: &cairn_client::Cluster, name: &str) -> Result<VolumeInf
 pub async fn run_vol(meta: Vec<String>, cmd: VolCmd) -> Result<()> {
     let cluster = connect(meta).await?;
     match cmd {
-        VolCmd::Create { name, size, pool, block_size, object_size } => {
+        VolCmd::Create {
+            name,
+            size,
+            pool,
+            block_size,
+            object_size,
+        } => {
             let object_size = parse_size(&object_size)?;
             let r = cluster
                 .meta()
-                .command(MetaCommand::CreateVolume { name, size: parse_size(&size)?, block_size, object_size, pool })
+                .command(MetaCommand::CreateVolume {
+                    name,
+                    size: parse_size(&size)?,
+                    block_size,
+                    object_size,
+                    pool,
+                })
                 .await?;
             if let MetaResult::Volume(v) = r {
-                println!("volume {} id {} size {} block size {}", v.name, v.id, human_bytes(v.size), v.block_size);
+                println!(
+                    "volume {} id {} size {} block size {}",
+                    v.name,
+                    v.id,
+                    human_bytes(v.size),
+                    v.block_size
+                );
             }
         }
         VolCmd::Ls => {
-            let vols = match cluster.meta().call(MetaRequest::Read(MetaRead::Volumes)).await? {
+            let vols = match cluster
+                .meta()
+                .call(MetaRequest::Read(MetaRead::Volumes))
+                .await?
+            {
                 MetaResponse::Volumes(v) => v,
                 other => bail!("unexpected reply {other:?}"),
             };
-            println!("{:<24} {:>6} {:>12} {:>6} {:>10}  POOL", "NAME", "ID", "SIZE", "BLOCK", "OBJECT");
+            println!(
+                "{:<24} {:>6} {:>12} {:>6} {:>10}  POOL",
+                "NAME", "ID", "SIZE", "BLOCK", "OBJECT"
+            );
             let map = cluster.map();
             for v in vols {
-                let pool = map.pools.get(&v.pool).map(|p| p.name.clone()).unwrap_or_else(|| v.pool.to_string());
+                let pool = map
+                    .pools
+                    .get(&v.pool)
+                    .map(|p| p.name.clone())
+                    .unwrap_or_else(|| v.pool.to_string());
                 println!(
                     "{:<24} {:>6} {:>12} {:>6} {:>10}  {pool}",
                     v.name,
@@ -124,7 +162,13 @@ pub async fn run_vol(meta: Vec<String>, cmd: VolCmd) -> Result<()> {
         VolCmd::Resize { name, size } => {
             let old = volume(&cluster, &name).await?;
             let size = parse_size(&size)?;
-            cluster.meta().command(MetaCommand::ResizeVolume { name: name.clone(), size }).await?;
+            cluster
+                .meta()
+                .command(MetaCommand::ResizeVolume {
+                    name: name.clone(),
+                    size,
+                })
+                .await?;
             if size < old.size {
                 VolumeIo::open(&cluster, old).await?.shrink_to(size).await?;
             }
@@ -133,7 +177,10 @@ pub async fn run_vol(meta: Vec<String>, cmd: VolCmd) -> Result<()> {
         VolCmd::Rm { name } => {
             let info = volume(&cluster, &name).await?;
             // Remove the record first (refused while a LUN exports it), then the data.
-            cluster.meta().command(MetaCommand::DeleteVolume { name: name.clone() }).await?;
+            cluster
+                .meta()
+                .command(MetaCommand::DeleteVolume { name: name.clone() })
+                .await?;
             VolumeIo::open(&cluster, info).await?.destroy().await?;
         }
     }
@@ -146,7 +193,11 @@ pub async fn run_iscsi(meta: Vec<String>, cmd: IscsiCmd) -> Result<()> {
         IscsiCmd::Target(TargetCmd::Create { iqn }) => IscsiCommand::CreateTarget { iqn },
         IscsiCmd::Target(TargetCmd::Rm { iqn }) => IscsiCommand::DeleteTarget { iqn },
         IscsiCmd::Target(TargetCmd::Ls) => {
-            let cfg = match cluster.meta().call(MetaRequest::Read(MetaRead::Iscsi)).await? {
+            let cfg = match cluster
+                .meta()
+                .call(MetaRequest::Read(MetaRead::Iscsi))
+                .await?
+            {
                 MetaResponse::Iscsi(c) => c,
                 other => bail!("unexpected reply {other:?}"),
             };
@@ -163,19 +214,34 @@ pub async fn run_iscsi(meta: Vec<String>, cmd: IscsiCmd) -> Result<()> {
             }
             return Ok(());
         }
-        IscsiCmd::Lun(LunCmd::Add { iqn, volume, lun }) => IscsiCommand::AddLun { iqn, lun, volume },
+        IscsiCmd::Lun(LunCmd::Add { iqn, volume, lun }) => {
+            IscsiCommand::AddLun { iqn, lun, volume }
+        }
         IscsiCmd::Lun(LunCmd::Rm { iqn, lun }) => IscsiCommand::RemoveLun { iqn, lun },
-        IscsiCmd::Chap(ChapCmd::Set { iqn, user, secret, mutual_user, mutual_secret }) => {
+        IscsiCmd::Chap(ChapCmd::Set {
+            iqn,
+            user,
+            secret,
+            mutual_user,
+            mutual_secret,
+        }) => {
             let mutual = match (mutual_user, mutual_secret) {
                 (Some(user), Some(secret)) => Some(Chap { user, secret }),
                 _ => None,
             };
-            IscsiCommand::SetChap { iqn, chap: Some(Chap { user, secret }), mutual }
+            IscsiCommand::SetChap {
+                iqn,
+                chap: Some(Chap { user, secret }),
+                mutual,
+            }
         }
-        IscsiCmd::Chap(ChapCmd::Clear { iqn }) => IscsiCommand::SetChap { iqn, chap: None, mutual: None },
+        IscsiCmd::Chap(ChapCmd::Clear { iqn }) => IscsiCommand::SetChap {
+            iqn,
+            chap: None,
+            mutual: None,
+        },
     };
     cluster.meta().command(MetaCommand::Iscsi(c)).await?;
     println!("done");
     Ok(())
 }
-

@@ -414,7 +414,11 @@ impl ProcCluster {
         let start = Instant::now();
         while !is_mounted(&dir) {
             if !daemon.is_running() || start.elapsed() > Duration::from_secs(30) {
-                bail!("cairn mount at {} did not come up:\n{}", dir.display(), daemon.log_tail());
+                bail!(
+                    "cairn mount at {} did not come up:\n{}",
+                    dir.display(),
+                    daemon.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

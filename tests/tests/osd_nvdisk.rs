@@ -146,7 +146,7 @@ async fn kill9_loses_no_acknowledged_write(journal: &str) -> anyhow::Result<()> 
     for (oid, data) in &acked {
         let got = io.get(*oid).await?;
         assert!(
-            &got == data,
+            got == data,
             "acknowledged write of {oid} lost or wrong after kill -9 ({} of {} bytes back)\n{}",
             got.len(),
             data.len(),

@@ -1,6 +1,9 @@
 //! Shared helpers of the iSCSI integration tests: an in-process target, libiscsi tool lookup,
 //! the iscsi-test-cu output parser, and a minimal raw initiator.
 
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
