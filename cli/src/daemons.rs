@@ -409,3 +409,29 @@ fn hostname() -> String {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The examples in deploy/ are documentation users copy: they must parse and validate.
+    #[test]
+    fn deploy_examples_parse() {
+        let m: MetaConfig = toml::from_str(include_str!("../../deploy/meta.toml")).unwrap();
+        m.validate().unwrap();
+        assert_eq!(m.peers.len(), 3);
+        let o: OsdConfig = toml::from_str(include_str!("../../deploy/osd.toml")).unwrap();
+        o.validate().unwrap();
+        let g: GatewayConfig = toml::from_str(include_str!("../../deploy/gateway.toml")).unwrap();
+        g.validate().unwrap();
+        assert_eq!(g.iscsi.max_clients, 256);
+    }
+
+    #[test]
+    fn peers_parse() {
+        let p = parse_peers(&["1=a:1".into(), "2=b:2".into()]).unwrap();
+        assert_eq!(p.get(&2).map(String::as_str), Some("b:2"));
+        assert!(parse_peers(&["x=a:1".into()]).is_err());
+        assert!(parse_peers(&["1".into()]).is_err());
+    }
+}
