@@ -34,13 +34,23 @@ pub fn cairn_bin() -> PathBuf {
     bin
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the OS does not hand it out again at once).
+/// A free TCP port on 127.0.0.1: bound and released, and never handed out twice by this process.
+/// (A released port is free again at once, so without the memory a daemon that has not bound
+/// its port yet could see it given to the next daemon.)
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// One daemon process that can be killed and restarted with the same arguments.
