@@ -337,3 +337,81 @@ async fn iscsi_test_cu_on_a_cluster_volume() {
     .await
     .expect("test timed out");
 }
+
+fn pr_out(service_action: u8, pr_type: u8, key: u64, sa_key: u64) -> ([u8; 10], Vec<u8>) {
+    let mut param = vec![0u8; 24];
+    param[0..8].copy_from_slice(&key.to_be_bytes());
+    param[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    let mut c = [0u8; 10];
+    c[0] = 0x5F;
+    c[1] = service_action;
+    c[2] = pr_type;
+    c[5..9].copy_from_slice(&(param.len() as u32).to_be_bytes());
+    (c, param)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn persistent_reservations_apply_across_gateways() {
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let c = setup().await;
+        let (pa, pb) = (free_port(), free_port());
+        let _ga = gateway(&c, "gw.a", pa);
+        let _gb = gateway(&c, "gw.b", pb);
+        wait_portal(pa).await;
+        wait_portal(pb).await;
+        let mut x = RawInitiator::login(
+            &format!("127.0.0.1:{pa}"),
+            IQN,
+            "iqn.2026-11.org.cairn.test:x",
+            1,
+        )
+        .await;
+        let mut y = RawInitiator::login(
+            &format!("127.0.0.1:{pb}"),
+            IQN,
+            "iqn.2026-11.org.cairn.test:y",
+            2,
+        )
+        .await;
+        // Y writes freely before any reservation.
+        let r = y.command(0, &write10(0, 1, false), &pattern(0, 1), 0).await;
+        assert_eq!(r.status, 0);
+        // X registers key 0xAB and takes a Write Exclusive reservation through gateway A.
+        let (cdb, p) = pr_out(0x00, 0, 0, 0xAB);
+        assert_eq!(x.command(0, &cdb, &p, 0).await.status, 0, "REGISTER");
+        let (cdb, p) = pr_out(0x01, 0x01, 0xAB, 0);
+        assert_eq!(x.command(0, &cdb, &p, 0).await.status, 0, "RESERVE");
+        // Through gateway B, Y sees the key and gets RESERVATION CONFLICT on writes.
+        let mut keys = [0u8; 10];
+        keys[0] = 0x5E;
+        keys[7..9].copy_from_slice(&64u16.to_be_bytes());
+        let r = y.command(0, &keys, &[], 64).await;
+        assert_eq!(r.status, 0);
+        assert_eq!(
+            u32::from_be_bytes(r.data[4..8].try_into().unwrap()),
+            8,
+            "one key listed"
+        );
+        assert_eq!(u64::from_be_bytes(r.data[8..16].try_into().unwrap()), 0xAB);
+        let mut conflict = false;
+        for _ in 0..50 {
+            let r = y.command(0, &write10(8, 1, false), &pattern(8, 1), 0).await;
+            if r.status == 0x18 {
+                conflict = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(conflict, "gateway B never enforced gateway A's reservation");
+        // Reads stay allowed under Write Exclusive, and X (the holder) still writes through A.
+        assert_eq!(y.command(0, &read10(0, 1), &[], 512).await.status, 0);
+        assert_eq!(
+            x.command(0, &write10(16, 1, true), &pattern(16, 1), 0)
+                .await
+                .status,
+            0
+        );
+    })
+    .await
+    .expect("test timed out");
+}

@@ -64,6 +64,18 @@ impl Shared {
             LogicalUnit::open(target, lun, Arc::clone(dev), self.registry.reservations()).await?,
         );
         lu.set_sanitize_rate(self.opts.sanitize_bytes_per_sec);
+        // Keep the reservations fresh while the logical unit lives (it holds no strong
+        // reference, so the task ends with the logical unit).
+        let weak = Arc::downgrade(&lu);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::scsi::PR_REFRESH).await;
+                match weak.upgrade() {
+                    Some(lu) => lu.refresh_reservations().await,
+                    None => return,
+                }
+            }
+        });
         lus.insert(key, Arc::clone(&lu));
         Ok(lu)
     }

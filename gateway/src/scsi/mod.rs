@@ -209,6 +209,9 @@ pub struct LogicalUnit {
     tasks: Arc<task_set::TaskSet>,
 }
 
+/// How often a logical unit reloads reservations that other gateways may have changed.
+pub const PR_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl LogicalUnit {
     /// Opens a LUN, loading its persistent reservation state.
     pub async fn open(
@@ -386,12 +389,16 @@ impl LogicalUnit {
                 }
                 Ok(Reply::empty())
             }
-            op::PR_IN => pr::reserve_in(&self.pr_read(), cdb)
-                .map(|d| {
-                    let alloc = usize::from(cdb::be16(cdb, 7));
-                    truncate(d.to_vec(), alloc)
-                })
-                .map_err(Failure::from),
+            op::PR_IN => {
+                // Another gateway may have changed the reservations of this LUN.
+                self.refresh_reservations().await;
+                pr::reserve_in(&self.pr_read(), cdb)
+                    .map(|d| {
+                        let alloc = usize::from(cdb::be16(cdb, 7));
+                        truncate(d.to_vec(), alloc)
+                    })
+                    .map_err(Failure::from)
+            }
             op::PR_OUT => self.pr_out(n, cdb, &data).await,
             op::SANITIZE => sanitize::execute(self, cdb, &data).await,
             op::EXTENDED_COPY => xcopy::extended_copy(self, n, cdb, &data).await,
@@ -447,8 +454,32 @@ impl LogicalUnit {
         access != Access::Any && self.pr_read().conflicts(n, access)
     }
 
+    /// Reload the reservation state from the store, where every gateway saves its PR OUTs, so
+    /// reservations made through another gateway apply here too. Called before PR IN and PR OUT,
+    /// and every [`PR_REFRESH`] in the background for the conflict checks of ordinary commands.
+    pub async fn refresh_reservations(&self) {
+        // Serialized with PR OUT, so a reload that read the store before a PR OUT saved cannot
+        // overwrite that PR OUT's newer state afterwards.
+        let _guard = self.pr_out.lock().await;
+        self.reload_reservations().await;
+    }
+
+    async fn reload_reservations(&self) {
+        match self.store.load(&self.id.target, self.id.lun).await {
+            Ok(Some(fresh)) => {
+                let mut cur = self.pr.write().unwrap_or_else(|e| e.into_inner());
+                if *cur != fresh {
+                    *cur = fresh;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "reservation state not refreshed"),
+        }
+    }
+
     async fn pr_out(&self, n: &Nexus, cdb: &[u8], data: &[u8]) -> CmdResult {
         let _guard = self.pr_out.lock().await;
+        self.reload_reservations().await;
         let mut next = self.pr_read().clone();
         let before = next.clone();
         let attn = match pr::reserve_out(&mut next, n, cdb, data) {
