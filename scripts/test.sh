@@ -5,11 +5,12 @@
 #   CAIRN_SKIP_INSTALL=1 ...   # skip the package step
 #
 # Needs: a Rust toolchain (cargo). Installs: libiscsi-bin (iscsi-test-cu, iscsi-ls, iscsi-inq,
-# iscsi-perf), fuse3 (fusermount3), fio, libnfs-utils (nfs-ls, nfs-cp), python3-boto3, s3cmd.
+# iscsi-perf), fuse3 (fusermount3), fio, libnfs-utils (nfs-ls, nfs-cp), rsync, git and the
+# other command-line tools the file-system tests drive.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(libiscsi-bin fuse3 fio libnfs-utils python3-boto3 s3cmd procps e2fsprogs)
+PACKAGES=(libiscsi-bin fuse3 fio libnfs-utils rsync git tar diffutils util-linux procps coreutils python3)
 
 install_packages() {
     if [ "${CAIRN_SKIP_INSTALL:-}" = 1 ] || ! command -v apt-get >/dev/null 2>&1; then
