@@ -5,6 +5,7 @@
 use anyhow::{ensure, Result};
 use cairn_tests::{bounded, run_cmd, serial, start_fs_cluster, ClusterOpts, Mounted};
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -169,9 +170,11 @@ time.sleep(float(sys.argv[2]))";
             );
 
             // A lock of a mount that dies goes when its session expires (3 s here).
+            // Its own process group, so the test can end flock and its `sleep` child together.
             let holder = Command::new("flock")
                 .arg(rb.join("lk"))
                 .args(["sleep", "600"])
+                .process_group(0)
                 .spawn()?;
             eventually(10, "B holds", || {
                 !flock_free(&ra.join("lk")).unwrap_or(true)
@@ -181,7 +184,9 @@ time.sleep(float(sys.argv[2]))";
     });
     let mut holder = r.expect("locks");
     b.kill9();
-    let _ = holder.kill();
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", holder.id())])
+        .status();
     let _ = holder.wait();
     bounded(60, move || {
         let t = Instant::now();
