@@ -21,7 +21,7 @@ use crate::replication::{pull_object, push_object};
 use crate::server::Shared;
 use crate::store::Mutation;
 use crate::worker::{WorkState, Worker};
-use cairn_proto::msg::{PeerRequest, PeerResponse, PgInfo, ScanItem};
+use cairn_proto::msg::{LogEntry, PeerRequest, PeerResponse, PgInfo, ScanItem};
 use cairn_proto::{ClusterMap, Oid, OsdId, PgId, PgState, WireError};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -227,7 +227,7 @@ async fn pull_pg(
     theirs: PgInfo,
 ) -> Result<()> {
     let epoch = sh.map().epoch;
-    let since = mine.last_complete;
+    let since = overlap_since(mine.last_complete, theirs.log_tail);
     let log = match sh
         .peer(
             from,
@@ -245,11 +245,8 @@ async fn pull_pg(
     };
     match log {
         Some(entries) => {
-            let mut oids: BTreeSet<Oid> = entries.iter().map(|e| e.oid).collect();
-            // Objects we changed on our own since then (a divergent tail) are redone too.
-            if let Ok(own) = sh.store.pg_log(pg, since) {
-                oids.extend(own.iter().map(|e| e.oid));
-            }
+            let own = sh.store.pg_log(pg, since).ok();
+            let oids = differing(&entries, own.as_deref(), mine.last_complete);
             for oid in oids {
                 if pull_object(sh, pg, oid, from, None).await? {
                     count_recovered(sh, pg, oid);
@@ -284,6 +281,51 @@ async fn pull_pg(
             .await
         }
     }
+}
+
+/// How far below a member's `last_complete` logs are compared. A primary that dies with a write
+/// in flight keeps that (never acknowledged) entry, and the next primary gives the same version
+/// to a different write: the versions match but the entries do not, so "entries after
+/// last_complete" would miss an acknowledged write. Comparing the last few entries version by
+/// version finds such divergence (sync pools diverge by at most one entry per group; semi-sync
+/// and async by at most their window).
+const DIVERGENCE_WINDOW: u64 = 256;
+
+/// Where to start reading a source's log for a member at `last_complete`: a window below it,
+/// but not below what the source's log still holds (`log_tail`).
+fn overlap_since(last_complete: u64, log_tail: u64) -> u64 {
+    if log_tail > last_complete {
+        // The log does not reach back: the caller gets `None` and backfills.
+        return last_complete;
+    }
+    last_complete
+        .saturating_sub(DIVERGENCE_WINDOW)
+        .max(log_tail)
+}
+
+/// Objects to copy from the source's log `src` to a member whose own log is `own` (same start),
+/// complete through `last_complete`: everything past it, and below it every version where the two
+/// logs name different objects (both objects: the source's copy or absence wins). Without the
+/// member's log, everything in the window.
+fn differing(src: &[LogEntry], own: Option<&[LogEntry]>, last_complete: u64) -> BTreeSet<Oid> {
+    let own_at: HashMap<u64, Oid> = own
+        .unwrap_or(&[])
+        .iter()
+        .map(|e| (e.version, e.oid))
+        .collect();
+    let src_at: HashMap<u64, Oid> = src.iter().map(|e| (e.version, e.oid)).collect();
+    let mut oids = BTreeSet::new();
+    for e in src {
+        if e.version > last_complete || own.is_none() || own_at.get(&e.version) != Some(&e.oid) {
+            oids.insert(e.oid);
+        }
+    }
+    for e in own.unwrap_or(&[]) {
+        if e.version > last_complete || src_at.get(&e.version) != Some(&e.oid) {
+            oids.insert(e.oid);
+        }
+    }
+    oids
 }
 
 fn count_recovered(sh: &Shared, pg: PgId, oid: Oid) {
@@ -492,23 +534,20 @@ async fn recover_member(
     let mine = sh.store.pg_info(pg)?;
     let by_log = t.last_complete >= mine.log_tail && !cursors.contains_key(&(pg, target));
     if by_log {
-        let entries = sh.store.pg_log(pg, t.last_complete)?;
-        let mut oids: BTreeSet<Oid> = entries.iter().map(|e| e.oid).collect();
-        // Whatever the member changed on its own past its last_complete is redone as well.
-        if let Ok(PeerResponse::Log(Some(theirs))) = sh
+        let since = overlap_since(t.last_complete, mine.log_tail);
+        let entries = sh.store.pg_log(pg, since)?;
+        let theirs = match sh
             .peer(
                 target,
-                PeerRequest::PgLog {
-                    epoch,
-                    pg,
-                    since: t.last_complete,
-                },
+                PeerRequest::PgLog { epoch, pg, since },
                 sh.peer_timeout(),
             )
             .await
         {
-            oids.extend(theirs.iter().map(|e| e.oid));
-        }
+            Ok(PeerResponse::Log(Some(l))) => Some(l),
+            _ => None,
+        };
+        let oids = differing(&entries, theirs.as_deref(), t.last_complete);
         tracing::info!(osd = %sh.id, %pg, %target, objects = oids.len(), since = t.last_complete,
             "recovering a member from the log");
         for oid in oids {
@@ -522,7 +561,7 @@ async fn recover_member(
         let _g = slot.lock.lock().await;
         check_still(sh, map)?;
         let now = sh.store.pg_info(pg)?;
-        let log = sh.store.pg_log(pg, t.last_complete)?;
+        let log = sh.store.pg_log(pg, since)?;
         activate(sh, target, pg, now.last_update, log, false).await
     } else {
         tracing::info!(osd = %sh.id, %pg, %target, "backfilling a member");
@@ -604,5 +643,43 @@ async fn activate(
         other => Err(Error::Wire(WireError::invalid(format!(
             "unexpected activate reply {other:?}"
         )))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_proto::msg::LogOp;
+
+    fn e(version: u64, oid: u128) -> LogEntry {
+        LogEntry {
+            version,
+            oid: Oid(oid),
+            op: LogOp::Modify,
+            prior: 0,
+        }
+    }
+
+    #[test]
+    fn a_divergent_entry_at_the_same_version_is_copied_both_ways() {
+        // The member (old primary) wrote object 9 as version 3 and died before anyone else had
+        // it; the new primary gave version 3 to object 7, then wrote 8 as version 4.
+        let src = [e(1, 1), e(2, 2), e(3, 7), e(4, 8)];
+        let own = [e(1, 1), e(2, 2), e(3, 9)];
+        let got: Vec<u128> = differing(&src, Some(&own), 3)
+            .into_iter()
+            .map(|o| o.0)
+            .collect();
+        assert_eq!(got, vec![7, 8, 9]);
+        // Without the member's log, the whole window.
+        assert_eq!(differing(&src, None, 3).len(), 4);
+    }
+
+    #[test]
+    fn the_window_stays_inside_the_source_log() {
+        assert_eq!(overlap_since(1000, 0), 1000 - DIVERGENCE_WINDOW);
+        assert_eq!(overlap_since(1000, 900), 900);
+        assert_eq!(overlap_since(10, 0), 0);
+        assert_eq!(overlap_since(5, 9), 5);
     }
 }
