@@ -33,6 +33,14 @@ pub struct MountArgs {
     /// on other mounts that opened it just before).
     #[arg(long, default_value_t = 5_000)]
     pub free_grace_ms: u64,
+    /// Writes the mount may buffer before they reach the OSDs, in MiB over all files (0: off,
+    /// every write waits for the cluster). Close and fsync write a file's buffer out.
+    #[arg(long, default_value_t = 64)]
+    pub write_behind_mib: usize,
+    /// Buffered writes older than this, in milliseconds, are started without waiting for a
+    /// close or fsync.
+    #[arg(long, default_value_t = 2_000)]
+    pub write_behind_age_ms: u64,
 }
 
 impl MountArgs {
@@ -44,6 +52,8 @@ impl MountArgs {
             allow_other: !self.no_allow_other,
             read_only: self.read_only,
             free_grace: Duration::from_millis(self.free_grace_ms),
+            write_behind: self.write_behind_mib.saturating_mul(1 << 20),
+            write_behind_age: Duration::from_millis(self.write_behind_age_ms),
             ..MountOptions::default()
         }
     }

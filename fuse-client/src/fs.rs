@@ -1,14 +1,21 @@
-//! The `fuser::Filesystem` over [`FsClient`]. Every request is answered from a tokio task, so
-//! the session loop never waits on the network and slow requests (a blocking lock, a large
-//! read) do not hold up others. Errors are errnos (`ClientError::errno`).
+//! The `fuser::Filesystem` over [`FsClient`]. Every request that needs the cluster is answered
+//! from a tokio task, so the session loop never waits on the network and slow requests (a
+//! blocking lock, a large read) do not hold up others. Errors are errnos (`ClientError::errno`).
+//!
+//! Writes go to the write-behind buffers ([`WriteBack`]) unless the file was opened `O_SYNC`,
+//! `O_DSYNC` or `O_DIRECT`; one that finds room is answered on the session thread itself.
+//! Before anything that must see the data on the OSDs (a read, a truncate, close, fsync) the
+//! inode's buffer is written out; close and fsync also commit the size and report a failed
+//! deferred write.
 
-use crate::state::{DirListing, Handles};
+use crate::state::{DirListing, Handles, PendingSize};
+use crate::writeback::WriteBack;
 use crate::MountOptions;
 use bytes::Bytes;
 use cairn_client::{ClientError, FsClient, SetAttrs};
 use cairn_proto::fs::{
     DirEntry, FileKind, FreedFile, FsError, Ino, InodeAttr, LockKind, LockSpec, SetTime, XattrFlag,
-    NAME_MAX,
+    MAX_FILE_SIZE, NAME_MAX,
 };
 use fuser::consts::{
     FUSE_AUTO_INVAL_DATA, FUSE_FLOCK_LOCKS, FUSE_PARALLEL_DIROPS, FUSE_POSIX_LOCKS,
@@ -25,13 +32,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
-/// `st_blksize`: tools size their buffers by it (cp, tar), and each FUSE write is one striped
-/// write to the OSDs, so large is better.
+/// `st_blksize`: tools size their buffers by it (cp, tar); large writes mean fewer FUSE requests.
 const BLKSIZE: u32 = 1 << 20;
 /// Entries fetched per readdir page from the metadata service.
 const DIR_PAGE: u32 = 1000;
 /// `OFFSET_MAX`: the kernel's "to the end of file" in lock ranges.
 const OFFSET_MAX: u64 = i64::MAX as u64;
+/// Largest FUSE write request (`max_write`); the write-behind buffers hold at least two.
+const MAX_WRITE: u32 = 1 << 20;
+const MIN_WRITE_BEHIND: usize = 2 * MAX_WRITE as usize;
 
 type Errno = i32;
 
@@ -46,6 +55,8 @@ struct Inner {
     session: u64,
     opts: MountOptions,
     handles: Handles,
+    /// Write-behind buffers (`None`: every write goes through at once).
+    wb: Option<Arc<WriteBack>>,
     notifier: Arc<OnceLock<Notifier>>,
     /// Data of removed files goes to the reaper, which deletes it after a grace period.
     reaper: mpsc::UnboundedSender<FreedFile>,
@@ -62,6 +73,29 @@ impl CairnFs {
         notifier: Arc<OnceLock<Notifier>>,
         reaper: mpsc::UnboundedSender<FreedFile>,
     ) -> CairnFs {
+        let wb = (opts.write_behind > 0).then(|| {
+            Arc::new(WriteBack::new(
+                fs.clone(),
+                rt.clone(),
+                opts.write_behind.max(MIN_WRITE_BEHIND),
+            ))
+        });
+        if let Some(wb) = &wb {
+            // Start what sat in the buffers too long; ends with the file system.
+            let wb = Arc::downgrade(wb);
+            let age = opts.write_behind_age;
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval((age / 2).max(Duration::from_millis(10)));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    match wb.upgrade() {
+                        Some(wb) => wb.launch_expired(age),
+                        None => break,
+                    }
+                }
+            });
+        }
         CairnFs {
             rt,
             inner: Arc::new(Inner {
@@ -69,6 +103,7 @@ impl CairnFs {
                 session,
                 opts,
                 handles: Handles::default(),
+                wb,
                 notifier,
                 reaper,
             }),
@@ -175,11 +210,38 @@ impl Inner {
         Ok(self.handles.view(a))
     }
 
-    /// Commit this mount's pending size and mtime change of `ino` (after writes).
-    async fn commit_size(&self, ino: Ino) -> Result<(), Errno> {
-        let Some(p) = self.handles.take_pending(ino) else {
-            return Ok(());
+    /// Write out the buffered data of `ino` (see [`WriteBack::write_out`]).
+    async fn write_out(&self, ino: Ino) {
+        if let Some(wb) = &self.wb {
+            wb.write_out(ino).await;
+        }
+    }
+
+    /// Put this mount's writes to `ino` so far on the OSDs and commit the size and mtime they
+    /// change, both at once: they answer when both are done, so what a close or fsync
+    /// acknowledged is whole for the next open anywhere. `report`: return (and so clear) the
+    /// error of a failed deferred write; otherwise it stays for the next close or fsync.
+    async fn sync_file(&self, ino: Ino, report: bool) -> Result<(), Errno> {
+        // Taken before the write-out starts, so everything the size covers is in it.
+        let pending = self.handles.take_pending(ino);
+        let commit = async {
+            match pending {
+                Some(p) => self.commit_size(ino, p).await,
+                None => Ok(()),
+            }
         };
+        let Some(wb) = &self.wb else {
+            return commit.await;
+        };
+        let ((), committed) = tokio::join!(wb.write_out(ino), commit);
+        match wb.failed(ino, report) {
+            Some(e) if report => Err(e),
+            _ => committed,
+        }
+    }
+
+    /// Commit a size and mtime change of `ino` taken from [`Handles::take_pending`].
+    async fn commit_size(&self, ino: Ino, p: PendingSize) -> Result<(), Errno> {
         match self.fs.extend(ino, p.size).await {
             Ok(a) => {
                 self.handles.sized(ino, a.size, false);
@@ -225,9 +287,9 @@ impl Inner {
     async fn setattr(&self, ino: Ino, set: SetAttrs) -> Result<InodeAttr, Errno> {
         if set.size.is_some() || set.mtime.is_some() {
             // Pending writes past the old end must count before the size moves (a truncate up
-            // would clear them), and their mtime must not land after an explicit one (cp -a
-            // sets times before it closes).
-            self.commit_size(ino).await?;
+            // would clear them, a truncate down must cut buffered bytes too), and their mtime
+            // must not land after an explicit one (cp -a sets times before it closes).
+            self.sync_file(ino, false).await?;
         }
         let a = self.fs.setattr(ino, set).await.map_err(errno)?;
         if set.size.is_some() {
@@ -260,6 +322,7 @@ impl Inner {
 
     async fn read(&self, ino: Ino, fh: u64, offset: u64, size: u32) -> Result<Bytes, Errno> {
         let mut attr = self.handles.file(fh).ok_or(libc::EBADF)?;
+        self.write_out(ino).await;
         attr.size = self.handles.read_size(ino).unwrap_or(attr.size);
         self.fs
             .read(&attr, offset, u64::from(size))
@@ -267,18 +330,62 @@ impl Inner {
             .map_err(errno)
     }
 
-    async fn write(&self, ino: Ino, fh: u64, offset: u64, data: Bytes) -> Result<u32, Errno> {
+    /// A write buffered without waiting, from the session thread: `None` when it must go the
+    /// long way ([`Inner::write`]): no room in the buffers, a write-through file, an error.
+    fn write_now(&self, ino: Ino, fh: u64, offset: u64, data: &[u8], flags: i32) -> Option<u32> {
+        let wb = self.wb.as_ref()?;
+        let n = data.len() as u64;
+        if flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT) != 0
+            || offset.saturating_add(n) > MAX_FILE_SIZE
+        {
+            return None;
+        }
+        let attr = self.handles.file(fh)?;
+        if !wb.try_write(&attr, offset, data) {
+            return None;
+        }
+        self.handles.wrote(ino, offset + n);
+        Some(n as u32)
+    }
+
+    /// A write: buffered, or at once for a file opened `O_SYNC`, `O_DSYNC` or `O_DIRECT`
+    /// (`flags`, the open flags), which also commits the size for `O_SYNC`/`O_DSYNC`.
+    async fn write(
+        &self,
+        ino: Ino,
+        fh: u64,
+        offset: u64,
+        data: Bytes,
+        flags: i32,
+    ) -> Result<u32, Errno> {
         let attr = self.handles.file(fh).ok_or(libc::EBADF)?;
         let n = data.len() as u64;
-        self.fs.write(&attr, offset, data).await.map_err(errno)?;
+        if offset.saturating_add(n) > MAX_FILE_SIZE {
+            return Err(libc::EFBIG);
+        }
+        let sync = flags & (libc::O_SYNC | libc::O_DSYNC) != 0;
+        match &self.wb {
+            Some(wb) if !sync && flags & libc::O_DIRECT == 0 => {
+                wb.write(&attr, offset, &data).await;
+            }
+            _ => {
+                // Bytes buffered earlier must not land over these later.
+                self.write_out(ino).await;
+                self.fs.write(&attr, offset, data).await.map_err(errno)?;
+            }
+        }
         self.handles.wrote(ino, offset + n);
+        if sync {
+            self.sync_file(ino, true).await?;
+        }
         Ok(n as u32)
     }
 
-    /// A `close`: commit the size, and drop the closing process's POSIX locks on the file (POSIX
-    /// says any close does; the kernel leaves that to the file system when it handles locks).
+    /// A `close`: write out the data, commit the size, report a failed deferred write, and drop
+    /// the closing process's POSIX locks on the file (POSIX says any close does; the kernel
+    /// leaves that to the file system when it handles locks).
     async fn flush(&self, ino: Ino, owner: u64) -> Result<(), Errno> {
-        let committed = self.commit_size(ino).await;
+        let committed = self.sync_file(ino, true).await;
         if self.handles.take_locker(ino, owner) {
             let spec = self.lock_spec(owner, 0, 0, u64::MAX);
             if let Err(e) = self.fs.set_lock(ino, spec, None).await {
@@ -289,7 +396,12 @@ impl Inner {
     }
 
     async fn release(&self, ino: Ino, fh: u64, flock_owner: Option<u64>) -> Result<(), Errno> {
-        let committed = self.commit_size(ino).await;
+        // Writes through a shared mapping may come after the last flush. Nobody hears of an
+        // error here any more (the kernel drops release's answer), so it is logged.
+        let committed = self.sync_file(ino, true).await;
+        if let Err(e) = committed {
+            tracing::warn!(ino, errno = e, "writes failed after the last close");
+        }
         if let Some(owner) = flock_owner.filter(|o| self.handles.take_locker(ino, *o)) {
             let spec = self.lock_spec(owner, 0, 0, u64::MAX);
             if let Err(e) = self.fs.set_lock(ino, spec, None).await {
@@ -425,8 +537,30 @@ impl fuser::Filesystem for CairnFs {
             }
         }
         let _ = config.set_max_background(64);
-        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_write(MAX_WRITE);
         Ok(())
+    }
+
+    fn destroy(&mut self) {
+        // Unmounted with files still open: their buffered writes and sizes go out now. Runs on
+        // the session thread, outside the runtime.
+        let Some(wb) = self.inner.wb.clone() else {
+            return;
+        };
+        let inner = self.inner.clone();
+        let done = self.rt.block_on(async move {
+            tokio::time::timeout(Duration::from_secs(60), async {
+                for ino in wb.busy() {
+                    if let Err(e) = inner.sync_file(ino, true).await {
+                        tracing::warn!(ino, errno = e, "buffered writes lost at unmount");
+                    }
+                }
+            })
+            .await
+        });
+        if done.is_err() {
+            tracing::warn!("buffered writes not written out within 60 s of unmounting");
+        }
     }
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
@@ -659,15 +793,21 @@ impl fuser::Filesystem for CairnFs {
         offset: i64,
         data: &[u8],
         _write_flags: u32,
-        _flags: i32,
+        flags: i32,
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
     ) {
         let Ok(offset) = u64::try_from(offset) else {
             return reply.error(libc::EINVAL);
         };
+        if let Some(n) = self.inner.write_now(ino, fh, offset, data, flags) {
+            return reply.written(n);
+        }
         let data = Bytes::copy_from_slice(data);
-        self.spawn(|i| answer!(reply, i.write(ino, fh, offset, data), |n| reply.written(n)));
+        self.spawn(|i| {
+            answer!(reply, i.write(ino, fh, offset, data, flags), |n| reply
+                .written(n))
+        });
     }
 
     fn flush(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, owner: u64, reply: ReplyEmpty) {
@@ -688,8 +828,7 @@ impl fuser::Filesystem for CairnFs {
     }
 
     fn fsync(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _data: bool, reply: ReplyEmpty) {
-        // Data writes were durable when acknowledged; what may be pending is the size.
-        self.spawn(|i| answer!(reply, i.commit_size(ino), |_v| reply.ok()));
+        self.spawn(|i| answer!(reply, i.sync_file(ino, true), |_v| reply.ok()));
     }
 
     fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {

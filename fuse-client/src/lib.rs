@@ -5,10 +5,14 @@
 //!  kernel ──/dev/fuse──> fuser session loop (one thread, never blocks)
 //!                          └─> fs::CairnFs (fuser::Filesystem): each request becomes a tokio task
 //!                                ├─ namespace ops/queries ──> FsClient ──> metadata leader (raft)
-//!                                ├─ data read/write ─────────> FsClient ──> OSDs (striped objects)
+//!                                ├─ data read ───────────────> FsClient ──> OSDs (striped objects)
+//!                                ├─ data write ──> writeback::WriteBack (per-inode buffers,
+//!                                │                 capped per mount) ──> FsClient ──> OSDs,
+//!                                │                 object-sized pieces, many in flight
 //!                                └─ state::Handles: open files, per-inode pending sizes,
 //!                                   directory listings, files unlinked while open
 //!  lease task: renews the mount's lock session; Ctrl-C/SIGTERM/shutdown: unmount, end session
+//!  age task: starts writes buffered longer than `write_behind_age`
 //! ```
 //!
 //! Consistency between mounts (and with NFS and other clients) is close-to-open:
@@ -18,10 +22,16 @@
 //! - Otherwise the kernel caches attributes and directory entries for [`MountOptions::attr_ttl`]
 //!   / [`MountOptions::entry_ttl`] (1 s by default), so `stat` of a file another mount is changing
 //!   may be up to that old; with `FUSE_AUTO_INVAL_DATA` a read after that revalidates.
+//! - Writes are buffered ([`MountOptions::write_behind`] bytes per mount at most) and answered at
+//!   once; close (flush), fsync, a truncate, and a read of the same file write them out first, a
+//!   full buffer or [`MountOptions::write_behind_age`] start them early. A deferred write that
+//!   failed (ENOSPC, the cluster gave up) fails the next close or fsync of the file. Files opened
+//!   `O_DIRECT`, `O_SYNC` or `O_DSYNC` are written through: durable when `write` returns.
 //! - Sizes: a write past the end of file does not go to the metadata service at once; the mount
-//!   keeps a high-water mark per inode and extends the size on flush (close), fsync and release.
-//!   `getattr` here reports the larger of the two, so this mount always sees its own writes.
-//!   Data writes are durable on the OSDs when `write` returns; fsync makes the size durable.
+//!   keeps a high-water mark per inode and extends the size on flush (close), fsync and release,
+//!   alongside writing the buffer out; both are done when they answer. `getattr` here reports
+//!   the larger of the two, so this mount always sees its own writes. fsync makes data and size
+//!   durable.
 //! - Advisory locks (`fcntl` and `flock`) live in the metadata service, so they hold across
 //!   mounts. Each mount has a lock session renewed every third of [`MountOptions::lock_ttl`]; a
 //!   mount that dies loses its locks when the session expires. Blocking requests poll.
@@ -30,6 +40,7 @@
 
 mod fs;
 mod state;
+mod writeback;
 
 use cairn_client::{Cluster, FsClient};
 use fuser::MountOption;
@@ -79,6 +90,11 @@ pub struct MountOptions {
     /// How long the data of a removed file outlives its last name, for readers on other mounts
     /// that opened it just before (this mount keeps it while it has the file open anyway).
     pub free_grace: Duration,
+    /// Bytes of writes the mount may hold before they reach the OSDs, over all files; 0 turns
+    /// write-behind off (every write waits for its replicated OSD write). At least 2 MiB when on.
+    pub write_behind: usize,
+    /// Buffered writes older than this are started without waiting for a close or fsync.
+    pub write_behind_age: Duration,
 }
 
 impl Default for MountOptions {
@@ -91,6 +107,8 @@ impl Default for MountOptions {
             allow_other: true,
             read_only: false,
             free_grace: Duration::from_secs(5),
+            write_behind: 64 << 20,
+            write_behind_age: Duration::from_secs(2),
         }
     }
 }
