@@ -134,8 +134,9 @@ pub(crate) struct Node {
     pending: BTreeMap<u64, Pending>,
     /// Reads waiting for a leader that has committed in its term.
     reads_deferred: Vec<PendingRead>,
-    /// Reads waiting for their ReadIndex, by context.
-    reads_pending: HashMap<Vec<u8>, PendingRead>,
+    /// Reads waiting for their ReadIndex, by context: every read that arrived before one
+    /// `read_index` call shares it (one heartbeat round confirms them all, as in etcd).
+    reads_pending: HashMap<Vec<u8>, Vec<PendingRead>>,
     /// Reads whose index is known, waiting for it to be applied.
     reads_waiting: Vec<(u64, PendingRead)>,
     next_read: u64,
@@ -442,18 +443,18 @@ impl Node {
         if !self.raw.raft.commit_to_current_term() {
             return;
         }
-        for reply in std::mem::take(&mut self.reads_deferred) {
-            self.next_read += 1;
-            let ctx = self.next_read.to_be_bytes().to_vec();
-            self.raw.read_index(ctx.clone());
-            self.reads_pending.insert(ctx, reply);
-        }
+        self.next_read += 1;
+        let ctx = self.next_read.to_be_bytes().to_vec();
+        self.raw.read_index(ctx.clone());
+        self.reads_pending
+            .insert(ctx, std::mem::take(&mut self.reads_deferred));
     }
 
     fn on_read_states(&mut self, states: Vec<ReadState>) {
         for rs in states {
-            if let Some(read) = self.reads_pending.remove(&rs.request_ctx) {
-                self.reads_waiting.push((rs.index, read));
+            if let Some(reads) = self.reads_pending.remove(&rs.request_ctx) {
+                self.reads_waiting
+                    .extend(reads.into_iter().map(|r| (rs.index, r)));
             }
         }
     }
@@ -479,8 +480,10 @@ impl Node {
         if self.is_leader() {
             return;
         }
-        for (_, (_, r)) in std::mem::take(&mut self.reads_pending) {
-            let _ = r.send(Err(self.not_leader()));
+        for (_, reads) in std::mem::take(&mut self.reads_pending) {
+            for (_, r) in reads {
+                let _ = r.send(Err(self.not_leader()));
+            }
         }
         for (_, (_, r)) in std::mem::take(&mut self.reads_waiting) {
             let _ = r.send(Err(self.not_leader()));
