@@ -35,6 +35,8 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// PUT and GET through a gateway's S3 API beside the native object API, in one run.
+    S3(crate::bench_s3::S3BenchArgs),
 }
 
 /// Latency samples and totals of one phase.
@@ -221,14 +223,17 @@ fn run_fio(dir: &str) -> Result<FioResult> {
 }
 
 pub async fn run(meta: Vec<String>, cmd: BenchCmd) -> Result<()> {
-    let BenchCmd::Obj {
-        seconds,
-        sizes,
-        concurrency,
-        pool_sizes,
-        fio_dir,
-        json,
-    } = cmd;
+    let (seconds, sizes, concurrency, pool_sizes, fio_dir, json) = match cmd {
+        BenchCmd::Obj {
+            seconds,
+            sizes,
+            concurrency,
+            pool_sizes,
+            fio_dir,
+            json,
+        } => (seconds, sizes, concurrency, pool_sizes, fio_dir, json),
+        BenchCmd::S3(a) => return crate::bench_s3::run(meta, a).await,
+    };
     let cluster = connect(meta).await?;
     let sizes: Vec<u64> = sizes.iter().map(|s| parse_size(s)).collect::<Result<_>>()?;
     let mut results: Vec<(u8, u64, usize, PhaseResult)> = Vec::new();

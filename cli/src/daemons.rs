@@ -112,6 +112,29 @@ pub struct GatewayArgs {
     /// NFSv3 address (ip:port, NFS and MOUNT on one port); empty disables NFS.
     #[arg(long)]
     nfs: Option<String>,
+    /// This gateway's name, which nvdisk volumes record (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Directory of the gateway's local state: nvdisk volumes and LUN cache journals.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Write-back cache of cluster-volume LUNs: `off`, `memory`, or `nvdisk:shm` /
+    /// `nvdisk:sync` / `nvdisk:shm,sync` [`,size=64M`] (journaled on an nvdisk: acknowledged
+    /// writes survive a gateway crash and reach the cluster when it restarts).
+    #[arg(long, value_name = "SPEC")]
+    lun_cache: Option<String>,
+    /// Milliseconds dirty data may wait in a LUN cache.
+    #[arg(long)]
+    lun_cache_flush_ms: Option<u64>,
+    /// S3 HTTP address (ip:port); empty disables S3.
+    #[arg(long)]
+    s3: Option<String>,
+    /// PEM certificate chain: serve S3 over HTTPS (with --s3-tls-key).
+    #[arg(long)]
+    s3_tls_cert: Option<PathBuf>,
+    /// PEM private key for --s3-tls-cert.
+    #[arg(long)]
+    s3_tls_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -140,6 +163,18 @@ pub struct ServerArgs {
     /// NFSv3 port (NFS and MOUNT share it; 0 disables NFS).
     #[arg(long, default_value_t = 2049)]
     nfs_port: u16,
+    /// Write-back cache of cluster-volume LUNs (see `cairn gateway --lun-cache`).
+    #[arg(long, value_name = "SPEC", default_value = "off")]
+    lun_cache: String,
+    /// S3 HTTP port (0 disables S3).
+    #[arg(long, default_value_t = 9000)]
+    s3_port: u16,
+    /// PEM certificate chain: serve S3 over HTTPS (with --s3-tls-key).
+    #[arg(long)]
+    s3_tls_cert: Option<PathBuf>,
+    /// PEM private key for --s3-tls-cert.
+    #[arg(long)]
+    s3_tls_key: Option<PathBuf>,
     /// Replication size of the `default` pool (default: min(3, OSDs)).
     #[arg(long)]
     pool_size: Option<u8>,
@@ -278,6 +313,25 @@ pub async fn run_gateway(args: GatewayArgs) -> Result<()> {
     if let Some(n) = args.nfs {
         cfg.nfs_listen = n;
     }
+    if let Some(n) = args.name {
+        cfg.name = n;
+    }
+    if let Some(d) = args.data {
+        cfg.data_dir = d;
+    }
+    if let Some(c) = args.lun_cache {
+        cfg.lun_cache = c.parse()?;
+    }
+    if let Some(ms) = args.lun_cache_flush_ms {
+        cfg.lun_cache_flush_ms = ms;
+    }
+    if let Some(a) = args.s3 {
+        cfg.s3_listen = a;
+    }
+    if args.s3_tls_cert.is_some() || args.s3_tls_key.is_some() {
+        cfg.s3.tls_cert = args.s3_tls_cert;
+        cfg.s3.tls_key = args.s3_tls_key;
+    }
     let gw = cairn_gateway::daemon::start(cfg).await?;
     if let Some(a) = gw.iscsi_addr {
         tracing::info!(addr = %a, "iSCSI portal serving");
@@ -286,9 +340,34 @@ pub async fn run_gateway(args: GatewayArgs) -> Result<()> {
     if let Some(p) = gw.nfs_port {
         println!("nfs       port {p} (NFSv3 and MOUNT)");
     }
+    if let Some(a) = gw.s3_addr {
+        let scheme = if gw.s3_tls { "https" } else { "http" };
+        println!("s3        {scheme}://{a}");
+    }
     shutdown_signal().await;
     gw.stop().await?;
     Ok(())
+}
+
+/// The `admin` S3 user's first key, made on the cluster's first start.
+async fn admin_key(cluster: &Cluster) -> Result<(String, String)> {
+    let db = crate::user::users(cluster).await?;
+    if let Some(k) = db.users.get("admin").and_then(|u| u.keys.first()) {
+        return Ok((k.access_key.clone(), k.secret.clone()));
+    }
+    if !db.users.contains_key("admin") {
+        cluster
+            .meta()
+            .command(cairn_proto::msg::MetaCommand::User(
+                cairn_proto::user::UserCommand::CreateUser {
+                    name: "admin".into(),
+                    admin: true,
+                },
+            ))
+            .await
+            .context("create the S3 admin user")?;
+    }
+    crate::user::add_key(cluster, "admin").await
 }
 
 pub async fn run_server(args: ServerArgs) -> Result<()> {
@@ -361,6 +440,18 @@ pub async fn run_server(args: ServerArgs) -> Result<()> {
         } else {
             format!("{}:{}", args.bind, args.nfs_port)
         },
+        s3_listen: if args.s3_port == 0 {
+            String::new()
+        } else {
+            format!("{}:{}", args.bind, args.s3_port)
+        },
+        s3: cairn_gateway::s3::S3Options {
+            tls_cert: args.s3_tls_cert.clone(),
+            tls_key: args.s3_tls_key.clone(),
+            ..Default::default()
+        },
+        data_dir: data.join("gateway"),
+        lun_cache: args.lun_cache.parse()?,
         ..GatewayConfig::default()
     })
     .await
@@ -379,6 +470,11 @@ pub async fn run_server(args: ServerArgs) -> Result<()> {
             "  nfs       nfs://{}/?version=3&nfsport={p}&mountport={p}  (mount -t nfs -o vers=3,proto=tcp,port={p},mountport={p},nolock {}:/ DIR)",
             args.bind, args.bind
         );
+    }
+    if let Some(a) = gw.s3_addr {
+        let (ak, sk) = admin_key(&cluster).await?;
+        let scheme = if gw.s3_tls { "https" } else { "http" };
+        println!("  s3        {scheme}://{a}  (user admin: access key {ak}, secret key {sk})");
     }
     println!("try: cairn status --meta {}", meta_addrs.join(","));
     println!("Ctrl-C stops the cluster.");

@@ -1,11 +1,13 @@
 //! The `cairn` command: every daemon and every tool in one binary.
 
 mod bench;
+mod bench_s3;
 mod daemons;
 mod mount;
 mod nfs;
 mod obj;
 mod status;
+mod user;
 mod util;
 mod vol;
 
@@ -93,6 +95,27 @@ enum Cmd {
         #[command(flatten)]
         args: nfs::NfsArgs,
     },
+    /// S3 users: create (with a first access key), ls, rm.
+    User {
+        #[command(flatten)]
+        meta: MetaAddrs,
+        #[command(subcommand)]
+        cmd: user::UserCmd,
+    },
+    /// S3 access keys: create, rm.
+    Key {
+        #[command(flatten)]
+        meta: MetaAddrs,
+        #[command(subcommand)]
+        cmd: user::KeyCmd,
+    },
+    /// S3 bucket permissions: ls, allow, revoke, public, chown.
+    Bucket {
+        #[command(flatten)]
+        meta: MetaAddrs,
+        #[command(subcommand)]
+        cmd: user::BucketCmd,
+    },
     /// Benchmarks: `cairn bench obj` measures the object API beside the disk.
     Bench {
         #[command(flatten)]
@@ -123,6 +146,9 @@ fn main() {
             Cmd::Mount { meta, args } => mount::run_mount(meta.addrs, args).await,
             Cmd::Nfs { meta, args } => nfs::run_nfs(meta.addrs, args).await,
             Cmd::Bench { meta, cmd } => bench::run(meta.addrs, cmd).await,
+            Cmd::User { meta, cmd } => user::run_user(meta.addrs, cmd).await,
+            Cmd::Key { meta, cmd } => user::run_key(meta.addrs, cmd).await,
+            Cmd::Bucket { meta, cmd } => user::run_bucket(meta.addrs, cmd).await,
         }
     });
     if let Err(e) = result {

@@ -5,16 +5,31 @@ use anyhow::{bail, Result};
 use cairn_client::VolumeIo;
 use cairn_proto::iscsi::{Chap, IscsiCommand};
 use cairn_proto::msg::{MetaCommand, MetaRead, MetaRequest, MetaResponse, MetaResult};
-use cairn_proto::volume::VolumeInfo;
+use cairn_proto::volume::{NvDiskMode, VolumeInfo};
 use clap::Subcommand;
 
 #[derive(Subcommand)]
 pub enum VolCmd {
-    /// Create a thin block volume (never-written ranges read as zeros and take no space).
+    /// Create a thin block volume (never-written ranges read as zeros and take no space), or with
+    /// --nvdisk an nvdisk volume held in one gateway's memory and backed up on its disk.
     Create {
         name: String,
-        /// Size, e.g. 10G.
-        size: String,
+        /// Size, e.g. 10G (not with --nvdisk).
+        #[arg(required_unless_present = "nvdisk", conflicts_with = "nvdisk")]
+        size: Option<String>,
+        /// Make the volume an nvdisk of this size on one gateway (the paper's remote RAM disk):
+        /// fast, but not replicated; it lives and dies with that gateway's disk.
+        #[arg(long, value_name = "SIZE")]
+        nvdisk: Option<String>,
+        /// Where the nvdisk's pool lives and what an acknowledged write survives: `shm` (a
+        /// gateway crash), `sync` or `shm-sync` (also power loss: fdatasync'ed log), `anon`
+        /// (nothing until SYNCHRONIZE CACHE or FUA).
+        #[arg(long, default_value = "shm", requires = "nvdisk")]
+        nvdisk_mode: String,
+        /// Name of the gateway that holds and serves the nvdisk (its --name; default: this
+        /// host's name).
+        #[arg(long, requires = "nvdisk")]
+        gateway: Option<String>,
         #[arg(long, default_value = "default")]
         pool: String,
         /// Logical block size: 512 or 4096.
@@ -104,29 +119,49 @@ pub async fn run_vol(meta: Vec<String>, cmd: VolCmd) -> Result<()> {
         VolCmd::Create {
             name,
             size,
+            nvdisk,
+            nvdisk_mode,
+            gateway,
             pool,
             block_size,
             object_size,
         } => {
-            let object_size = parse_size(&object_size)?;
-            let r = cluster
-                .meta()
-                .command(MetaCommand::CreateVolume {
+            let cmd = match (nvdisk, size) {
+                (Some(nv), _) => {
+                    let mode: NvDiskMode = nvdisk_mode.parse().map_err(anyhow::Error::msg)?;
+                    MetaCommand::CreateNvdiskVolume {
+                        name,
+                        size: parse_size(&nv)?,
+                        block_size,
+                        gateway: gateway.unwrap_or_else(cairn_gateway::daemon::default_name),
+                        mode,
+                    }
+                }
+                (None, Some(size)) => MetaCommand::CreateVolume {
                     name,
                     size: parse_size(&size)?,
                     block_size,
-                    object_size,
+                    object_size: parse_size(&object_size)?,
                     pool,
-                })
-                .await?;
-            if let MetaResult::Volume(v) = r {
-                println!(
+                },
+                (None, None) => bail!("give the volume a SIZE or --nvdisk SIZE"),
+            };
+            if let MetaResult::Volume(v) = cluster.meta().command(cmd).await? {
+                print!(
                     "volume {} id {} size {} block size {}",
                     v.name,
                     v.id,
                     human_bytes(v.size),
                     v.block_size
                 );
+                match v.nvdisk() {
+                    Some((gw, mode)) => println!(
+                        " nvdisk on gateway {gw} ({mode}: an acknowledged write survives {}; \
+                         not replicated)",
+                        mode.survives()
+                    ),
+                    None => println!(),
+                }
             }
         }
         VolCmd::Ls => {
@@ -144,11 +179,14 @@ pub async fn run_vol(meta: Vec<String>, cmd: VolCmd) -> Result<()> {
             );
             let map = cluster.map();
             for v in vols {
-                let pool = map
-                    .pools
-                    .get(&v.pool)
-                    .map(|p| p.name.clone())
-                    .unwrap_or_else(|| v.pool.to_string());
+                let pool = match v.nvdisk() {
+                    Some((gw, mode)) => format!("nvdisk:{mode} on gateway {gw}"),
+                    None => map
+                        .pools
+                        .get(&v.pool)
+                        .map(|p| p.name.clone())
+                        .unwrap_or_else(|| v.pool.to_string()),
+                };
                 println!(
                     "{:<24} {:>6} {:>12} {:>6} {:>10}  {pool}",
                     v.name,
@@ -181,7 +219,13 @@ pub async fn run_vol(meta: Vec<String>, cmd: VolCmd) -> Result<()> {
                 .meta()
                 .command(MetaCommand::DeleteVolume { name: name.clone() })
                 .await?;
-            VolumeIo::open(&cluster, info).await?.destroy().await?;
+            match info.nvdisk() {
+                // Its files are on the gateway, which removes them when it next starts.
+                Some((gw, _)) => println!(
+                    "volume {name} removed; gateway {gw} deletes its nvdisk files at its next start"
+                ),
+                None => VolumeIo::open(&cluster, info).await?.destroy().await?,
+            }
         }
     }
     Ok(())

@@ -26,8 +26,8 @@ use crate::striped::Striped;
 use crate::Cluster;
 use bytes::Bytes;
 use cairn_proto::fs::{
-    DirEntry, FileKind, FreedFile, FsError, HeldLock, Ino, InodeAttr, LockKind, LockSpec, NsOp,
-    NsQuery, NsReply, NsResult, NsStats, SetTime, XattrFlag,
+    DirEntry, DirEntryPlus, FileKind, FreedFile, FsError, HeldLock, Ino, InodeAttr, LockKind,
+    LockSpec, NsOp, NsQuery, NsReply, NsResult, NsStats, SetTime, XattrFlag,
 };
 use cairn_proto::msg::{MetaCommand, MetaRead, MetaRequest, MetaResponse, MetaResult};
 use cairn_proto::rpc::RpcError;
@@ -182,6 +182,43 @@ impl FsClient {
     ) -> Result<(Vec<DirEntry>, bool)> {
         match self.query(NsQuery::ReadDir { ino, after, limit }).await? {
             NsReply::Dir { entries, more } => Ok((entries, more)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The inode `path` names (the last symlink not followed) and its extended attribute
+    /// `xattr`, in one round trip.
+    pub async fn resolve_xattr(
+        &self,
+        path: &str,
+        xattr: &str,
+    ) -> Result<(InodeAttr, Option<Vec<u8>>)> {
+        let q = NsQuery::ResolveXattr {
+            path: path.to_string(),
+            xattr: xattr.to_string(),
+        };
+        match self.query(q).await? {
+            NsReply::AttrXattr(a, v) => Ok((a, v)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One page of a directory with each entry's attributes and extended attribute `xattr`.
+    pub async fn readdir_plus(
+        &self,
+        ino: Ino,
+        after: Option<String>,
+        limit: u32,
+        xattr: Option<&str>,
+    ) -> Result<(Vec<DirEntryPlus>, bool)> {
+        let q = NsQuery::ReadDirPlus {
+            ino,
+            after,
+            limit,
+            xattr: xattr.map(str::to_string),
+        };
+        match self.query(q).await? {
+            NsReply::DirPlus { entries, more } => Ok((entries, more)),
             other => Err(unexpected(other)),
         }
     }

@@ -4,11 +4,19 @@
 //!                     [--physical-block-size B (memory LUN only)]
 //!                     [--iqn IQN] [--chap USER:SECRET] [--mutual USER:SECRET]
 //!                     [--sanitize-bytes-per-sec N] [--cache]
+//!                     [--nvdisk DIR [--nvdisk-mode anon|shm|sync|shm-sync]]
 //! `--cache` puts a write-back cache in front of the LUN (WCE=1: writes are acknowledged from
 //! memory until FUA or SYNCHRONIZE CACHE; everything is flushed on SIGINT / SIGTERM).
+//! `--nvdisk DIR` serves an nvdisk of the LUN's size instead, its backups and logs in DIR (on the
+//! disk under test), its pool per `--nvdisk-mode` (default sync: every acknowledged write is in
+//! an fdatasync'ed log; shm pools go to /dev/shm and are removed on exit).
 //! Prints `iscsi://127.0.0.1:P/IQN/0` once listening; stops on SIGINT or SIGTERM.
 
 use std::sync::Arc;
+
+use cairn_gateway::nvdisk::{shm_pool_path, NvDiskDevice};
+use cairn_nvdisk::{Config as NvConfig, NvDisk, PoolMode};
+use cairn_proto::volume::NvDiskMode;
 
 use cairn_gateway::{
     serve, BlockDevice, CacheConfig, ChapConfig, ChapCredentials, FileDevice, InMemoryRegistry,
@@ -38,6 +46,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut chap = ChapConfig::default();
     let mut opts = IscsiOptions::default();
     let mut cache = false;
+    let mut nvdisk: Option<std::path::PathBuf> = None;
+    let mut nvmode = NvDiskMode::Sync;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
@@ -52,18 +62,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--mutual" => chap.target = Some(creds(&val()?)),
             "--sanitize-bytes-per-sec" => opts.sanitize_bytes_per_sec = val()?.parse()?,
             "--cache" => cache = true,
+            "--nvdisk" => nvdisk = Some(val()?.into()),
+            "--nvdisk-mode" => nvmode = val()?.parse()?,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
     let size = size_mib << 20;
-    let dev: Arc<dyn BlockDevice> = match &file {
-        Some(p) => Arc::new(FileDevice::open(
+    let mut shm_pool = None;
+    let dev: Arc<dyn BlockDevice> = match (&nvdisk, &file) {
+        (Some(dir), _) => {
+            std::fs::create_dir_all(dir)?;
+            let dir = dir.canonicalize()?;
+            let pool = match nvmode {
+                NvDiskMode::Anon | NvDiskMode::Sync => PoolMode::Anon,
+                NvDiskMode::Shm | NvDiskMode::ShmSync => {
+                    let p = shm_pool_path("cairn-bench", &dir);
+                    shm_pool = Some(p.clone());
+                    PoolMode::File(p)
+                }
+            };
+            let cfg = NvConfig {
+                pool,
+                size,
+                page_size: 4096,
+                backup_dir: dir,
+                sync: matches!(nvmode, NvDiskMode::Sync | NvDiskMode::ShmSync),
+                ..NvConfig::default()
+            };
+            let disk = Arc::new(NvDisk::open(cfg)?);
+            Arc::new(NvDiskDevice::new(disk, block_size, "cairn-nv-0")?)
+        }
+        (None, Some(p)) => Arc::new(FileDevice::open(
             p.as_ref(),
             size,
             block_size,
             "cairn-file-0",
         )?),
-        None => Arc::new(
+        (None, None) => Arc::new(
             MemDevice::new(size, block_size, "cairn-mem-0")
                 .with_physical_block_size(physical_block_size.unwrap_or(block_size)),
         ),
@@ -99,5 +134,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     serve(listener, registry, opts, rx).await?;
     dev.flush().await?;
+    drop(dev);
+    if let Some(p) = shm_pool {
+        let _ = std::fs::remove_file(p);
+    }
     Ok(())
 }

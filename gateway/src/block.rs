@@ -35,6 +35,13 @@ pub enum BlockError {
     /// The device refuses writes.
     #[error("device is read-only")]
     ReadOnly,
+    /// The range does not start or end on a block boundary.
+    #[error("range {offset}+{len} is not aligned to the block size {block_size}")]
+    Misaligned {
+        offset: u64,
+        len: u64,
+        block_size: u32,
+    },
 }
 
 /// Mapping state of a run of bytes, as reported by [`BlockDevice::mapping`].

@@ -1,9 +1,12 @@
-//! The gateway on a cairn cluster: LUNs that are replicated volumes, targets and CHAP secrets from
-//! the metadata service, and persistent reservations kept there so they survive a gateway crash
-//! and apply across gateways.
+//! The gateway on a cairn cluster: LUNs that are replicated volumes (optionally behind a LUN
+//! cache, see [`crate::lun_cache`]) or nvdisks held by this gateway (see [`crate::nvdisk`]),
+//! targets and CHAP secrets from the metadata service, and persistent reservations kept there so
+//! they survive a gateway crash and apply across gateways.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -15,6 +18,7 @@ use cairn_proto::WireError;
 
 use crate::block::{BlockDevice, BlockError, Extent};
 use crate::error::GatewayError;
+use crate::lun_cache::{LunCacheSpec, LunCaches};
 use crate::scsi::pr::{PrState, ReservationStore};
 use crate::target::{ChapConfig, ChapCredentials, TargetConfig, TargetRegistry};
 
@@ -110,23 +114,130 @@ fn chap(c: &Option<Chap>) -> Option<ChapCredentials> {
     })
 }
 
-/// Targets, LUNs and CHAP from the metadata service. Volume devices are cached per volume (and
-/// rebuilt when the volume's size changes), so every session of a gateway shares one.
+/// A volume's record and the device built from it.
+type Served = (VolumeInfo, Arc<dyn BlockDevice>);
+
+/// What one gateway keeps locally: its name (nvdisk volumes name the gateway that serves them),
+/// its data directory and how it caches cluster-volume LUNs.
+#[derive(Clone, Debug)]
+pub struct GatewayLocal {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub lun_cache: LunCacheSpec,
+    pub lun_cache_flush: Duration,
+}
+
+/// Targets, LUNs and CHAP from the metadata service. Devices are kept per volume (and rebuilt
+/// when the volume's record changes, e.g. its size), so every session of a gateway shares one.
 pub struct MetaRegistry {
     cluster: Cluster,
-    devices: Mutex<HashMap<String, Arc<VolumeDevice>>>,
+    local: Option<GatewayLocal>,
+    caches: Option<LunCaches>,
+    devices: Mutex<HashMap<String, Served>>,
+    /// Serialises building devices: an nvdisk or a cache journal may be opened only once.
+    building: tokio::sync::Mutex<()>,
     reservations: Arc<MetaReservationStore>,
 }
 
 impl MetaRegistry {
+    /// A registry that serves cluster volumes only, uncached (no local state).
     pub fn new(cluster: Cluster) -> MetaRegistry {
         MetaRegistry {
             reservations: Arc::new(MetaReservationStore {
                 cluster: cluster.clone(),
             }),
             cluster,
+            local: None,
+            caches: None,
             devices: Mutex::new(HashMap::new()),
+            building: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// A registry that also serves the nvdisk volumes of gateway `local.name` and caches
+    /// cluster-volume LUNs as `local.lun_cache` says.
+    pub fn with_local(cluster: Cluster, local: GatewayLocal) -> MetaRegistry {
+        let mut r = MetaRegistry::new(cluster);
+        r.caches = Some(LunCaches::new(
+            &local.data_dir,
+            local.lun_cache.clone(),
+            local.lun_cache_flush,
+        ));
+        r.local = Some(local);
+        r
+    }
+
+    async fn volumes(&self) -> Result<Vec<VolumeInfo>, GatewayError> {
+        match meta_read(&self.cluster, MetaRead::Volumes).await? {
+            MetaResponse::Volumes(v) => Ok(v),
+            _ => Err(GatewayError::Unavailable {
+                service: "metadata service",
+            }),
+        }
+    }
+
+    /// Run at start, before the portal opens: replays every LUN cache journal a crash left
+    /// into its cluster volume, opens (recovers) this gateway's nvdisk volumes, and removes the
+    /// local state of volumes that were deleted.
+    pub async fn recover(&self) -> Result<(), GatewayError> {
+        let (Some(local), Some(caches)) = (&self.local, &self.caches) else {
+            return Ok(());
+        };
+        let vols = self.volumes().await?;
+        let by_id: HashMap<u64, &VolumeInfo> = vols.iter().map(|v| (v.id, v)).collect();
+        for id in caches.journaled_volumes() {
+            match by_id.get(&id) {
+                Some(v) if v.nvdisk().is_none() => {
+                    // Opening the LUN replays its journal; a failure (OSDs down) leaves the
+                    // journal for the next attempt, at the first login.
+                    if let Err(e) = self.device(&v.name).await {
+                        tracing::error!(volume = %v.name, error = %e, "LUN cache journal not replayed yet");
+                    }
+                }
+                _ => {
+                    tracing::warn!(
+                        id,
+                        "volume of a LUN cache journal is gone; dropping the journal"
+                    );
+                    caches.forget(id)?;
+                }
+            }
+        }
+        for v in &vols {
+            if v.nvdisk().is_some_and(|(gw, _)| gw == local.name) {
+                if let Err(e) = self.device(&v.name).await {
+                    tracing::error!(volume = %v.name, error = %e, "nvdisk volume does not open");
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(local.data_dir.join("nvdisk")) {
+            for e in entries.flatten() {
+                let id = e
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("vol-"))
+                    .and_then(|n| n.parse::<u64>().ok());
+                let mine = |id| {
+                    by_id
+                        .get(&id)
+                        .and_then(|v| v.nvdisk())
+                        .is_some_and(|(gw, _)| gw == local.name)
+                };
+                if let Some(id) = id.filter(|id| !mine(*id)) {
+                    tracing::warn!(id, "nvdisk volume was deleted; removing its files");
+                    crate::nvdisk::remove_volume_files(&e.path())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes back every LUN cache.
+    pub async fn flush_caches(&self) -> Result<(), GatewayError> {
+        if let Some(c) = &self.caches {
+            c.flush_all().await?;
+        }
+        Ok(())
     }
 
     async fn config(&self) -> Result<IscsiConfig, GatewayError> {
@@ -150,19 +261,44 @@ impl MetaRegistry {
             Ok(MetaResponse::Volume(v)) => v,
             _ => return Ok(None),
         };
-        if let Some(d) = self.devices.lock().expect("devices lock").get(volume) {
-            if d.info() == &info {
+        if let Some((i, d)) = self.devices.lock().expect("devices lock").get(volume) {
+            if i == &info {
                 return Ok(Some(d.clone()));
             }
         }
-        let vol = VolumeIo::open(&self.cluster, info)
-            .await
-            .map_err(|_| GatewayError::Unavailable { service: "cluster" })?;
-        let dev = Arc::new(VolumeDevice::new(vol));
+        let _one = self.building.lock().await;
+        if let Some((i, d)) = self.devices.lock().expect("devices lock").get(volume) {
+            if i == &info {
+                return Ok(Some(d.clone()));
+            }
+        }
+        let dev: Arc<dyn BlockDevice> = match (info.nvdisk(), &self.local) {
+            (Some((gw, _)), Some(local)) if gw == local.name => {
+                Arc::new(crate::nvdisk::open_volume(&local.data_dir, &info).await?)
+            }
+            (Some((gw, _)), _) => {
+                tracing::warn!(
+                    volume,
+                    gateway = gw,
+                    "nvdisk volume is served by another gateway"
+                );
+                return Ok(None);
+            }
+            (None, _) => {
+                let vol = VolumeIo::open(&self.cluster, info.clone())
+                    .await
+                    .map_err(|_| GatewayError::Unavailable { service: "cluster" })?;
+                let vol: Arc<dyn BlockDevice> = Arc::new(VolumeDevice::new(vol));
+                match &self.caches {
+                    Some(c) => c.wrap(&info, vol).await?,
+                    None => vol,
+                }
+            }
+        };
         self.devices
             .lock()
             .expect("devices lock")
-            .insert(volume.to_string(), dev.clone());
+            .insert(volume.to_string(), (info, dev.clone()));
         Ok(Some(dev))
     }
 }

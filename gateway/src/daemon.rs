@@ -1,6 +1,7 @@
 //! The gateway daemon: its configuration and the servers it runs on a cairn cluster.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use cairn_client::Cluster;
@@ -9,9 +10,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::cluster::MetaRegistry;
+use crate::cluster::{GatewayLocal, MetaRegistry};
 use crate::error::GatewayError;
 use crate::iscsi::IscsiOptions;
+use crate::lun_cache::LunCacheSpec;
+use crate::s3::S3Options;
 
 /// Configuration of `cairn gateway` (a TOML file; flags override it).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -23,8 +26,26 @@ pub struct GatewayConfig {
     pub iscsi_listen: String,
     /// iSCSI target tunables.
     pub iscsi: IscsiOptions,
+    /// This gateway's name: nvdisk volumes record the gateway that holds and serves them
+    /// (`cairn vol create --nvdisk SIZE --gateway NAME`). Default: the host name.
+    pub name: String,
+    /// Where the gateway keeps its local state: the nvdisks of its nvdisk volumes
+    /// (`DATA/nvdisk/`) and the journals of its LUN caches (`DATA/lun-cache/`).
+    pub data_dir: PathBuf,
+    /// Write-back cache in front of cluster-volume LUNs: `"off"`, `"memory"` (acknowledged
+    /// writes are lost with the gateway unless FUA / SYNCHRONIZE CACHE) or `"nvdisk:shm"`,
+    /// `"nvdisk:sync"`, `"nvdisk:shm,sync"` with an optional `,size=64M` (each write journaled
+    /// on an nvdisk first: it survives a gateway crash, with `sync` power loss too, and is
+    /// written to the cluster when the gateway starts again). See [`crate::lun_cache`].
+    pub lun_cache: LunCacheSpec,
+    /// Milliseconds dirty data may wait in a LUN cache before it is written to the cluster.
+    pub lun_cache_flush_ms: u64,
     /// NFSv3 (and MOUNT) address (`ip:port`, one port for both); empty disables NFS.
     pub nfs_listen: String,
+    /// S3 HTTP address (`ip:port`); empty disables S3.
+    pub s3_listen: String,
+    /// S3 tunables.
+    pub s3: S3Options,
 }
 
 impl Default for GatewayConfig {
@@ -33,20 +54,60 @@ impl Default for GatewayConfig {
             meta: vec!["127.0.0.1:7000".into()],
             iscsi_listen: "127.0.0.1:3260".into(),
             iscsi: IscsiOptions::default(),
+            name: default_name(),
+            data_dir: PathBuf::from("cairn-gateway"),
+            lun_cache: LunCacheSpec::Off,
+            lun_cache_flush_ms: 500,
             nfs_listen: "127.0.0.1:2049".into(),
+            s3_listen: "127.0.0.1:9000".into(),
+            s3: S3Options::default(),
         }
     }
 }
 
+/// This machine's host name, else "localhost".
+pub fn default_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 impl GatewayConfig {
     pub fn validate(&self) -> Result<(), GatewayError> {
+        if self.name.is_empty()
+            || self.name.len() > 128
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(GatewayError::InvalidOption {
+                field: "name",
+                reason: "use 1-128 of [A-Za-z0-9-_.]",
+            });
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(GatewayError::InvalidOption {
+                field: "data_dir",
+                reason: "must be set",
+            });
+        }
+        if self.lun_cache_flush_ms == 0 {
+            return Err(GatewayError::InvalidOption {
+                field: "lun_cache_flush_ms",
+                reason: "must be at least 1",
+            });
+        }
         if self.meta.is_empty() {
             return Err(GatewayError::InvalidOption {
                 field: "meta",
                 reason: "needs at least one address",
             });
         }
-        self.iscsi.validate()
+        self.iscsi.validate()?;
+        self.s3.validate()
     }
 }
 
@@ -55,8 +116,13 @@ pub struct GatewayHandle {
     pub iscsi_addr: Option<SocketAddr>,
     /// The NFSv3 port, when NFS is served.
     pub nfs_port: Option<u16>,
+    /// The S3 address, when S3 is served.
+    pub s3_addr: Option<SocketAddr>,
+    /// Whether S3 is served over TLS.
+    pub s3_tls: bool,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<(), GatewayError>>>,
+    registry: Option<Arc<MetaRegistry>>,
 }
 
 impl GatewayHandle {
@@ -68,6 +134,10 @@ impl GatewayHandle {
                 Ok(r) => r?,
                 Err(e) => tracing::error!(error = %e, "gateway task panicked"),
             }
+        }
+        if let Some(r) = self.registry {
+            // Write back what LUN caches hold, so a clean stop leaves no journal to replay.
+            r.flush_caches().await?;
         }
         Ok(())
     }
@@ -85,14 +155,46 @@ pub async fn start(cfg: GatewayConfig) -> Result<GatewayHandle, GatewayError> {
     let (stop, rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let mut iscsi_addr = None;
+    let mut registry = None;
     if !cfg.iscsi_listen.is_empty() {
+        // Absolute, so /dev/shm pool names made from it are the same whatever the cwd. It is
+        // created only when something is kept there (an nvdisk volume, a LUN cache journal).
+        let data_dir = match cfg.data_dir.canonicalize() {
+            Ok(d) => d,
+            Err(_) => std::path::absolute(&cfg.data_dir)?,
+        };
+        let reg = Arc::new(MetaRegistry::with_local(
+            cluster.clone(),
+            GatewayLocal {
+                name: cfg.name.clone(),
+                data_dir,
+                lun_cache: cfg.lun_cache.clone(),
+                lun_cache_flush: std::time::Duration::from_millis(cfg.lun_cache_flush_ms),
+            },
+        ));
+        // Before the portal opens: LUN cache journals left by a crash reach the cluster, and
+        // this gateway's nvdisk volumes are rebuilt from their backups.
+        reg.recover().await?;
         let l = TcpListener::bind(&cfg.iscsi_listen).await?;
         iscsi_addr = Some(l.local_addr()?);
-        let registry = Arc::new(MetaRegistry::new(cluster.clone()));
+        registry = Some(Arc::clone(&reg));
         tasks.push(tokio::spawn(crate::iscsi::serve(
             l,
-            registry,
+            reg,
             cfg.iscsi.clone(),
+            rx.clone(),
+        )));
+    }
+    let mut s3_addr = None;
+    if !cfg.s3_listen.is_empty() {
+        // A bad certificate stops the gateway here, not in a background task.
+        cfg.s3.tls()?;
+        let (l, a) = crate::s3::bind(&cfg.s3_listen).await?;
+        s3_addr = Some(a);
+        tasks.push(tokio::spawn(crate::s3::serve(
+            l,
+            cluster.clone(),
+            cfg.s3.clone(),
             rx.clone(),
         )));
     }
@@ -127,7 +229,10 @@ pub async fn start(cfg: GatewayConfig) -> Result<GatewayHandle, GatewayError> {
     Ok(GatewayHandle {
         iscsi_addr,
         nfs_port,
+        s3_addr,
+        s3_tls: cfg.s3.tls_cert.is_some(),
         stop,
         tasks,
+        registry,
     })
 }

@@ -24,4 +24,14 @@ pub enum GatewayError {
         field: &'static str,
         reason: &'static str,
     },
+    /// A configuration setting that does not parse or validate.
+    #[error("invalid setting {field}: {reason}")]
+    InvalidSetting { field: &'static str, reason: String },
+    /// An nvdisk (an nvdisk volume, or a LUN cache's journal) failed to open or recover.
+    #[error("nvdisk of volume {volume}: {source}")]
+    NvDisk {
+        volume: String,
+        #[source]
+        source: cairn_nvdisk::Error,
+    },
 }

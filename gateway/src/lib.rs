@@ -11,9 +11,13 @@
 //!                        ├─ scsi::spc  INQUIRY/VPD, MODE SENSE/SELECT, REPORT LUNS ...
 //!                        ├─ scsi::sbc  READ/WRITE/VERIFY/WRITE SAME/UNMAP/COMPARE AND WRITE ...
 //!                        └─ scsi::pr   persistent reservations ──> pr::ReservationStore
-//!                              └─> block::BlockDevice (MemDevice, FileDevice, later volumes),
+//!                              └─> block::BlockDevice: MemDevice, FileDevice,
+//!                                  cluster::VolumeDevice (a replicated volume), or
+//!                                  nvdisk::NvDiskDevice (an nvdisk on this gateway);
 //!                                  optionally behind cache::WriteBackCache (merges adjacent
-//!                                  writes, drops overwritten ones, FUA / SYNCHRONIZE CACHE)
+//!                                  writes, drops overwritten ones, FUA / SYNCHRONIZE CACHE),
+//!                                  whose writes lun_cache::JournaledCache can journal on an
+//!                                  nvdisk first so they survive a gateway crash
 //! ```
 //!
 //! What the target serves comes from a [`target::TargetRegistry`] (target IQN → LUN →
@@ -27,7 +31,10 @@ pub mod cluster;
 pub mod daemon;
 pub mod error;
 pub mod iscsi;
+pub mod lun_cache;
 pub mod nfs;
+pub mod nvdisk;
+pub mod s3;
 pub mod scsi;
 pub mod target;
 

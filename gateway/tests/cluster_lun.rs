@@ -54,8 +54,10 @@ fn gateway(c: &ProcCluster, name: &str, port: u16) -> Daemon {
         c.meta_addrs.join(","),
         "--iscsi".into(),
         format!("127.0.0.1:{port}"),
-        // NFS is not under test here; two gateways must not both take its port.
+        // NFS and S3 are not under test here; two gateways must not both take their ports.
         "--nfs".into(),
+        String::new(),
+        "--s3".into(),
         String::new(),
     ];
     Daemon::spawn(name, args, c.dir.path()).expect("spawn gateway")

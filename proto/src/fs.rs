@@ -47,6 +47,9 @@ pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 /// stays a bounded frame.
 pub const READDIR_MAX: u32 = 10_000;
 
+/// Most entries one [`NsQuery::ReadDirPlus`] page returns (each carries attributes and a value).
+pub const READDIRPLUS_MAX: u32 = 2_000;
+
 /// What an inode is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum FileKind {
@@ -88,6 +91,15 @@ pub struct DirEntry {
     pub name: String,
     pub ino: Ino,
     pub kind: FileKind,
+}
+
+/// One entry of a [`NsQuery::ReadDirPlus`] listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntryPlus {
+    pub name: String,
+    pub attr: InodeAttr,
+    /// The asked-for extended attribute, when the entry has it.
+    pub xattr: Option<Vec<u8>>,
 }
 
 /// A time to set with [`NsOp::SetAttr`].
@@ -303,6 +315,15 @@ pub enum NsQuery {
         after: Option<String>,
         limit: u32,
     },
+    /// Like [`NsQuery::ReadDir`], with each entry's attributes and the value of extended
+    /// attribute `xattr` (when named and set): one round trip for a listing that needs sizes and
+    /// times (S3 ListObjects, NFS READDIRPLUS). At most [`READDIRPLUS_MAX`] entries a page.
+    ReadDirPlus {
+        ino: Ino,
+        after: Option<String>,
+        limit: u32,
+        xattr: Option<String>,
+    },
     /// The target of symlink `ino`.
     ReadLink {
         ino: Ino,
@@ -322,6 +343,12 @@ pub enum NsQuery {
     Resolve {
         path: String,
         follow_last: bool,
+    },
+    /// [`NsQuery::Resolve`] (not following the last symlink) plus the value of extended
+    /// attribute `xattr` of the inode found, in one round trip.
+    ResolveXattr {
+        path: String,
+        xattr: String,
     },
     /// Counts over the whole namespace.
     Stats,
@@ -343,6 +370,13 @@ pub enum NsReply {
     Attr(InodeAttr),
     /// [`NsQuery::ReadDir`]: one page; `more` says whether entries follow the last one.
     Dir { entries: Vec<DirEntry>, more: bool },
+    /// [`NsQuery::ResolveXattr`]: the inode and the attribute's value, if set.
+    AttrXattr(InodeAttr, Option<Vec<u8>>),
+    /// [`NsQuery::ReadDirPlus`]: one page; `more` says whether entries follow the last one.
+    DirPlus {
+        entries: Vec<DirEntryPlus>,
+        more: bool,
+    },
     /// [`NsQuery::ReadLink`]: the target.
     Link(String),
     /// [`NsQuery::GetXattr`]: the value.

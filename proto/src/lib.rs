@@ -10,6 +10,7 @@
 //! - [`meta_client`]: finds the metadata leader and retries through elections.
 //! - [`volume`]: block volumes as the metadata service records them.
 //! - [`iscsi`]: iSCSI targets, LUN mappings, CHAP and reservations as the metadata service keeps them.
+//! - [`user`]: S3 users, access keys and bucket permissions.
 //! - [`fs`]: the uniform namespace: inodes, namespace operations and queries, POSIX errors.
 //! - [`error`]: errors that cross the wire.
 //!
@@ -28,6 +29,7 @@ pub mod msg;
 pub mod object;
 pub mod placement;
 pub mod rpc;
+pub mod user;
 pub mod volume;
 
 pub use error::WireError;

@@ -8,7 +8,8 @@ use crate::ids::{NodeId, Oid, OsdId, PgId, PoolId};
 use crate::iscsi::{IscsiCommand, IscsiConfig};
 use crate::map::{ClusterMap, FailureDomain, PgState, WriteMode};
 use crate::object::{Filter, ObjOp, ObjectStat, QueryHit};
-use crate::volume::VolumeInfo;
+use crate::user::{UserCommand, UserDb};
+use crate::volume::{NvDiskMode, VolumeInfo};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -133,15 +134,29 @@ pub enum MetaCommand {
     Iscsi(IscsiCommand),
     /// A namespace operation (one atomic step of the uniform namespace).
     Ns(NsOp),
+    /// S3 users, access keys and bucket policies.
+    User(UserCommand),
+    /// Create a volume that is an nvdisk held and served by the gateway named `gateway`.
+    CreateNvdiskVolume {
+        name: String,
+        size: u64,
+        block_size: u32,
+        gateway: String,
+        mode: NvDiskMode,
+    },
 }
 
 /// Reads of the replicated state other than the map.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MetaRead {
     Volumes,
-    Volume { name: String },
+    Volume {
+        name: String,
+    },
     Iscsi,
     Ns(NsQuery),
+    /// Every user, key and bucket policy (secrets included: for gateways and administrators).
+    Users,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -156,6 +171,7 @@ pub enum MetaResponse {
     Volume(VolumeInfo),
     Iscsi(IscsiConfig),
     Ns(NsReply),
+    Users(UserDb),
     Status(MetaStatus),
     Done,
 }

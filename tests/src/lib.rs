@@ -463,6 +463,60 @@ impl ProcCluster {
     }
 }
 
+/// S3 credentials: an access key id and its secret.
+#[derive(Clone, Debug)]
+pub struct S3Key {
+    pub access_key: String,
+    pub secret: String,
+}
+
+impl ProcCluster {
+    /// A gateway serving only S3 (`cairn gateway --s3`, plus `extra` flags); returns it and its
+    /// port once the port answers.
+    pub fn s3_gateway(&self, name: &str, extra: &[&str]) -> Result<(Daemon, u16)> {
+        let port = free_port();
+        let mut args = vec![
+            "gateway".to_string(),
+            "--meta".into(),
+            self.meta_addrs.join(","),
+            "--iscsi".into(),
+            String::new(),
+            "--nfs".into(),
+            String::new(),
+            "--s3".into(),
+            format!("127.0.0.1:{port}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut daemon = Daemon::spawn(name, args, self.dir.path())?;
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if !daemon.is_running() || start.elapsed() > Duration::from_secs(30) {
+                bail!("cairn gateway (S3) did not come up:\n{}", daemon.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok((daemon, port))
+    }
+
+    /// Create S3 user `name` (an administrator when `admin`) with `cairn user create`; its key.
+    pub fn s3_user(&self, name: &str, admin: bool) -> Result<S3Key> {
+        let mut args = vec!["user", "create", name];
+        if admin {
+            args.push("--admin");
+        }
+        let out = self.cli(&args)?;
+        let field = |label: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(label).map(|v| v.trim().to_string()))
+                .with_context(|| format!("no {label:?} in `cairn user create` output: {out}"))
+        };
+        Ok(S3Key {
+            access_key: field("access key")?,
+            secret: field("secret key")?,
+        })
+    }
+}
+
 /// Run blocking test code on its own thread and fail if it takes longer than `secs` (a hung
 /// file-system call cannot be cancelled, but the test still ends).
 pub fn bounded<T: Send + 'static>(
@@ -477,6 +531,14 @@ pub fn bounded<T: Send + 'static>(
         Ok(r) => r,
         Err(_) => bail!("timed out after {secs} s"),
     }
+}
+
+/// Run an async test body and panic if it fails or takes longer than `secs`.
+pub async fn bounded_async(secs: u64, f: impl std::future::Future<Output = Result<()>>) {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .expect("test timed out")
+        .expect("test failed");
 }
 
 /// Run a command; its stdout, or an error with its stderr.

@@ -5,18 +5,11 @@ use bytes::Bytes;
 use cairn_client::PoolSpec;
 use cairn_proto::msg::{MetaRequest, MetaResponse};
 use cairn_proto::Oid;
-use cairn_tests::{ClusterOpts, ProcCluster};
+use cairn_tests::{bounded_async, ClusterOpts, ProcCluster};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn bounded<F: std::future::Future<Output = anyhow::Result<()>>>(secs: u64, f: F) {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .expect("test timed out")
-        .expect("test failed");
-}
 
 async fn leader_index(c: &ProcCluster) -> anyhow::Result<usize> {
     let cl = c.client().await?;
@@ -29,7 +22,7 @@ async fn leader_index(c: &ProcCluster) -> anyhow::Result<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metadata_leader_kill_loses_nothing() {
-    bounded(240, async {
+    bounded_async(240, async {
         let mut c = ProcCluster::start(ClusterOpts {
             osds: 1,
             ..Default::default()
@@ -99,7 +92,7 @@ async fn metadata_leader_kill_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn osd_kill9_during_writes_loses_no_acknowledged_write() {
-    bounded(300, async {
+    bounded_async(300, async {
         let mut c = ProcCluster::start(ClusterOpts::default()).await?;
         let cl = c.client().await?;
         let mut spec = PoolSpec::new("p");
@@ -202,7 +195,7 @@ async fn osd_kill9_during_writes_loses_no_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn garbage_on_every_port_leaves_daemons_serving() {
-    bounded(180, async {
+    bounded_async(180, async {
         let c = ProcCluster::start(ClusterOpts {
             osds: 1,
             ..Default::default()

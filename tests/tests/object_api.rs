@@ -4,21 +4,13 @@
 use bytes::Bytes;
 use cairn_client::{ClientError, PoolSpec};
 use cairn_proto::{Filter, Oid, Value};
-use cairn_tests::{ClusterOpts, ProcCluster};
+use cairn_tests::{bounded_async, ClusterOpts, ProcCluster};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
-use std::time::Duration;
-
-async fn bounded<F: std::future::Future<Output = anyhow::Result<()>>>(secs: u64, f: F) {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .expect("test timed out")
-        .expect("test failed");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn objects_attributes_and_ranges() {
-    bounded(240, async {
+    bounded_async(240, async {
         let c = ProcCluster::start(ClusterOpts::default()).await?;
         let cl = c.client().await?;
         cl.create_pool(PoolSpec::new("p3")).await?;
@@ -120,7 +112,7 @@ fn random_filter(rng: &mut impl Rng) -> Filter {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn typed_queries_match_a_model() {
-    bounded(240, async {
+    bounded_async(240, async {
         let c = ProcCluster::start(ClusterOpts::default()).await?;
         let cl = c.client().await?;
         let mut spec = PoolSpec::new("q");
@@ -177,7 +169,7 @@ async fn typed_queries_match_a_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cli_object_tour() {
-    bounded(240, async {
+    bounded_async(240, async {
         let c = ProcCluster::start(ClusterOpts::default()).await?;
         c.cli(&["pool", "create", "default", "--size", "3"])?;
         let dir = tempfile::tempdir()?;

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use cairn_client::PoolSpec;
 use cairn_proto::Oid;
-use cairn_tests::{free_port, ClusterOpts, Daemon, ProcCluster};
+use cairn_tests::{bounded_async, free_port, ClusterOpts, Daemon, ProcCluster};
 use rand::Rng;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -163,16 +163,9 @@ async fn kill9_loses_no_acknowledged_write(journal: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn bounded(secs: u64, f: impl std::future::Future<Output = anyhow::Result<()>>) {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .expect("test timed out")
-        .expect("test failed");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shm_journal_osd_kill9_loses_no_acknowledged_write() {
-    bounded(
+    bounded_async(
         300,
         kill9_loses_no_acknowledged_write("nvdisk:shm,size=32M"),
     )
@@ -181,7 +174,7 @@ async fn shm_journal_osd_kill9_loses_no_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sync_journal_osd_kill9_loses_no_acknowledged_write() {
-    bounded(
+    bounded_async(
         300,
         kill9_loses_no_acknowledged_write("nvdisk:sync,size=32M"),
     )

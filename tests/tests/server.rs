@@ -27,6 +27,8 @@ fn start(dir: &std::path::Path, ports: (u16, u16, u16)) -> Server {
             &ports.2.to_string(),
             "--nfs-port",
             &free_port().to_string(),
+            "--s3-port",
+            &free_port().to_string(),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -114,6 +116,9 @@ fn one_command_cluster_keeps_data_across_restarts() {
         "osd.1",
         "osd.2",
         "iscsi://",
+        "nfs://",
+        "s3        http://",
+        "access key",
         "pool      default",
     ] {
         assert!(
@@ -129,9 +134,17 @@ fn one_command_cluster_keeps_data_across_restarts() {
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(v["map"]["meta_members"].as_object().unwrap().len(), 3);
     assert_eq!(v["map"]["osds"].as_object().unwrap().len(), 3);
+    let s3_line = |text: &str| {
+        text.lines()
+            .find(|l| l.contains("access key"))
+            .map(|l| l.split("(user").nth(1).unwrap_or_default().to_string())
+    };
+    let creds = s3_line(&text);
     stop(s);
 
     let s = start(dir.path(), ports);
+    // The S3 admin credentials are made once and stay the same across restarts.
+    assert_eq!(s3_line(&s.out.join("\n")), creds);
     let dst = dir.path().join("back.bin");
     cli(
         &s.meta,

@@ -188,6 +188,8 @@ impl From<&BlockError> for Sense {
                 Sense::new(key::MEDIUM_ERROR, 0x11, 0x00).with_info(*offset)
             }
             BlockError::ReadOnly => Sense::write_protected(),
+            // INVALID FIELD IN CDB: the SCSI layer never asks for partial blocks.
+            BlockError::Misaligned { .. } => Sense::new(key::ILLEGAL_REQUEST, 0x24, 0x00),
         }
     }
 }

@@ -12,19 +12,23 @@ pub mod members;
 pub mod namespace;
 pub mod osd;
 pub mod pool;
+pub mod user;
 pub mod volume;
 
 use crate::error::MetaError;
 use cairn_proto::iscsi::IscsiConfig;
 use cairn_proto::msg::{MetaCommand, MetaRead, MetaResponse, MetaResult};
+use cairn_proto::user::UserDb;
 use cairn_proto::volume::VolumeInfo;
 use cairn_proto::{ClusterMap, NodeId};
 use namespace::Namespace;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Version byte in front of every encoded snapshot image and proposal.
-const CODEC_VERSION: u8 = 1;
+/// Version byte in front of every encoded snapshot image and proposal. 2: the state gained S3
+/// users and bucket policies, and volumes their backing (replicated or nvdisk). Version 1 data
+/// (from before those) is refused, not migrated: cairn has had no release to migrate from.
+const CODEC_VERSION: u8 = 2;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -39,6 +43,8 @@ pub struct State {
     pub iscsi: IscsiConfig,
     /// The uniform namespace (files, directories, symlinks) that FUSE, NFS and S3 share.
     pub ns: Namespace,
+    /// S3 users, access keys and bucket policies.
+    pub users: UserDb,
 }
 
 /// What a normal raft entry carries.
@@ -68,6 +74,9 @@ fn versioned<T: Serialize>(x: &T) -> Vec<u8> {
 fn unversioned<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
     match b.split_first() {
         Some((&CODEC_VERSION, rest)) => bincode::deserialize(rest).map_err(|e| e.to_string()),
+        Some((v, _)) if *v < CODEC_VERSION => Err(format!(
+            "codec version {v} was written by an older cairn and is not migrated (this one reads {CODEC_VERSION})"
+        )),
         Some((v, _)) => Err(format!("unknown codec version {v}")),
         None => Err("empty".into()),
     }
@@ -88,6 +97,7 @@ impl State {
             iscsi: IscsiConfig::default(),
             // Time 0, not the clock: every bootstrapping replica must build the same state.
             ns: Namespace::new(0),
+            users: UserDb::default(),
         }
     }
 
@@ -112,6 +122,7 @@ impl State {
                 .query(q)
                 .map(MetaResponse::Ns)
                 .map_err(MetaError::Fs),
+            MetaRead::Users => Ok(MetaResponse::Users(self.users.clone())),
         }
     }
 
@@ -186,6 +197,23 @@ impl State {
                 let r = self.ns.apply(op, now_ns).map_err(MetaError::Fs)?;
                 (MetaResult::Ns(r), false)
             }
+            MetaCommand::User(c) => (user::apply(self, c, at_ms)?, false),
+            MetaCommand::CreateNvdiskVolume {
+                name,
+                size,
+                block_size,
+                gateway,
+                mode,
+            } => {
+                let v = volume::NewNvdiskVolume {
+                    name,
+                    size: *size,
+                    block_size: *block_size,
+                    gateway,
+                    mode: *mode,
+                };
+                (volume::create_nvdisk(self, v, at_ms)?, false)
+            }
         };
         if changed {
             self.map.epoch += 1;
@@ -232,6 +260,14 @@ pub fn validate(cmd: &MetaCommand) -> Result<(), MetaError> {
         | MetaCommand::DeleteVolume { .. }
         | MetaCommand::Ns(_) => Ok(()),
         MetaCommand::Iscsi(c) => iscsi::validate(c),
+        MetaCommand::User(c) => user::validate(c),
+        MetaCommand::CreateNvdiskVolume {
+            name,
+            size,
+            block_size,
+            gateway,
+            ..
+        } => volume::validate_nvdisk(name, *size, *block_size, gateway),
     }
 }
 

@@ -32,10 +32,10 @@
 //! does), not with a format whose map keys must be strings.
 
 use cairn_proto::fs::{
-    DirEntry, FileKind, FreedFile, FsError, HeldLock, Ino, InodeAttr, LockKind, LockSpec, NsOp,
-    NsQuery, NsReply, NsResult, NsStats, SetTime, XattrFlag, DEFAULT_CHUNK_SIZE, LINK_MAX,
-    MAX_FILE_SIZE, NAME_MAX, PATH_MAX, READDIR_MAX, ROOT_INO, SYMLOOP_MAX, XATTR_NAME_MAX,
-    XATTR_SIZE_MAX,
+    DirEntry, DirEntryPlus, FileKind, FreedFile, FsError, HeldLock, Ino, InodeAttr, LockKind,
+    LockSpec, NsOp, NsQuery, NsReply, NsResult, NsStats, SetTime, XattrFlag, DEFAULT_CHUNK_SIZE,
+    LINK_MAX, MAX_FILE_SIZE, NAME_MAX, PATH_MAX, READDIRPLUS_MAX, READDIR_MAX, ROOT_INO,
+    SYMLOOP_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX,
 };
 use cairn_proto::PoolId;
 use serde::{Deserialize, Serialize};
@@ -128,6 +128,12 @@ impl Namespace {
             NsQuery::Lookup { parent, name } => self.lookup(*parent, name).map(NsReply::Attr),
             NsQuery::GetAttr { ino } => Ok(NsReply::Attr(self.inode(*ino)?.attr.clone())),
             NsQuery::ReadDir { ino, after, limit } => self.read_dir(*ino, after.as_deref(), *limit),
+            NsQuery::ReadDirPlus {
+                ino,
+                after,
+                limit,
+                xattr,
+            } => self.read_dir_plus(*ino, after.as_deref(), *limit, xattr.as_deref()),
             NsQuery::ReadLink { ino } => {
                 let target = self.inode(*ino)?.target.clone();
                 target.map(NsReply::Link).ok_or(FsError::Invalid)
@@ -148,6 +154,11 @@ impl Namespace {
             }
             NsQuery::Resolve { path, follow_last } => {
                 self.resolve(path, *follow_last).map(NsReply::Attr)
+            }
+            NsQuery::ResolveXattr { path, xattr } => {
+                let attr = self.resolve(path, false)?;
+                let value = self.xattrs.get(&(attr.ino, xattr.clone())).cloned();
+                Ok(NsReply::AttrXattr(attr, value))
             }
             NsQuery::Stats => Ok(NsReply::Stats(NsStats {
                 inodes: self.inodes.len() as u64,
@@ -385,6 +396,32 @@ impl Namespace {
             });
         }
         Ok(NsReply::Dir { entries, more })
+    }
+
+    fn read_dir_plus(
+        &self,
+        ino: Ino,
+        after: Option<&str>,
+        limit: u32,
+        xattr: Option<&str>,
+    ) -> Result<NsReply, FsError> {
+        self.dir(ino)?;
+        let limit = limit.clamp(1, READDIRPLUS_MAX) as usize;
+        let mut entries = Vec::with_capacity(limit.min(1024));
+        let mut more = false;
+        for (name, child) in self.entries_of(ino, after) {
+            if entries.len() == limit {
+                more = true;
+                break;
+            }
+            let value = xattr.and_then(|x| self.xattrs.get(&(child, x.to_string())).cloned());
+            entries.push(DirEntryPlus {
+                name: name.to_string(),
+                attr: self.inode(child)?.attr.clone(),
+                xattr: value,
+            });
+        }
+        Ok(NsReply::DirPlus { entries, more })
     }
 
     fn resolve(&self, path: &str, follow_last: bool) -> Result<InodeAttr, FsError> {
