@@ -3,6 +3,7 @@
 mod bench;
 mod bench_s3;
 mod daemons;
+mod fs;
 mod mount;
 mod nfs;
 mod obj;
@@ -95,6 +96,13 @@ enum Cmd {
         #[command(flatten)]
         args: nfs::NfsArgs,
     },
+    /// Namespace administration: pin a directory to a pool, stat a path.
+    Fs {
+        #[command(flatten)]
+        meta: MetaAddrs,
+        #[command(subcommand)]
+        cmd: fs::FsCmd,
+    },
     /// S3 users: create (with a first access key), ls, rm.
     User {
         #[command(flatten)]
@@ -146,6 +154,7 @@ fn main() {
             Cmd::Mount { meta, args } => mount::run_mount(meta.addrs, args).await,
             Cmd::Nfs { meta, args } => nfs::run_nfs(meta.addrs, args).await,
             Cmd::Bench { meta, cmd } => bench::run(meta.addrs, cmd).await,
+            Cmd::Fs { meta, cmd } => fs::run(meta.addrs, cmd).await,
             Cmd::User { meta, cmd } => user::run_user(meta.addrs, cmd).await,
             Cmd::Key { meta, cmd } => user::run_key(meta.addrs, cmd).await,
             Cmd::Bucket { meta, cmd } => user::run_bucket(meta.addrs, cmd).await,
