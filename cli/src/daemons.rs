@@ -521,6 +521,8 @@ mod tests {
         let g: GatewayConfig = toml::from_str(include_str!("../../deploy/gateway.toml")).unwrap();
         g.validate().unwrap();
         assert_eq!(g.iscsi.max_clients, 256);
+        assert_eq!(g.s3.domains, ["s3.example.com"]);
+        assert_eq!(g.s3_listen, "0.0.0.0:9000");
     }
 
     #[test]
