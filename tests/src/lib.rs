@@ -53,6 +53,29 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// The first of `n` consecutive free TCP ports on 127.0.0.1, for daemons that take a base port
+/// and count up from it. Taken below the kernel's ephemeral range (32768 and up by default), so
+/// no client connection of another test holds one of them, each one checked by binding it, and
+/// never handed out twice by this process.
+pub fn free_port_run(n: u16) -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut rng_state = u64::from(std::process::id()) ^ 0x9e37_79b9_7f4a_7c15;
+    loop {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        let base = 20_000 + (rng_state % 12_000) as u16;
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if (base..base + n).any(|p| given.contains(&p)) {
+            continue;
+        }
+        if (base..base + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            given.extend(base..base + n);
+            return base;
+        }
+    }
+}
+
 /// One daemon process that can be killed and restarted with the same arguments.
 pub struct Daemon {
     pub name: String,

@@ -1,7 +1,7 @@
 //! `cairn server`: one command, a whole cluster; Ctrl-C stops it cleanly and a restart with the
 //! same directory finds every object again.
 
-use cairn_tests::{cairn_bin, free_port, send_signal};
+use cairn_tests::{cairn_bin, free_port, free_port_run, send_signal};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,7 +32,13 @@ fn start(dir: &std::path::Path, ports: (u16, u16, u16)) -> Server {
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("server-stderr.log"))
+                .expect("server log"),
+        ))
         .spawn()
         .expect("spawn cairn server");
     let stdout = child.stdout.take().unwrap();
@@ -51,7 +57,15 @@ fn start(dir: &std::path::Path, ports: (u16, u16, u16)) -> Server {
             Ok(l) => out.push(l),
             Err(_) => {
                 if let Ok(Some(st)) = child.try_wait() {
-                    panic!("cairn server exited early ({st}): {out:?}");
+                    let log =
+                        std::fs::read_to_string(dir.join("server-stderr.log")).unwrap_or_default();
+                    let from = (log.len().saturating_sub(3000)..log.len())
+                        .find(|&i| log.is_char_boundary(i))
+                        .unwrap_or(0);
+                    panic!(
+                        "cairn server exited early ({st}): {out:?}\n{}",
+                        &log[from..]
+                    );
                 }
             }
         }
@@ -101,13 +115,8 @@ fn stop(mut s: Server) {
 #[test]
 fn one_command_cluster_keeps_data_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = (free_port(), free_port(), free_port());
-    // Consecutive ports for the replicas and OSDs: pick bases with room after them.
-    let ports = (
-        ports.0 - ports.0 % 100 + 10,
-        ports.1 - ports.1 % 100 + 50,
-        ports.2,
-    );
+    // Consecutive free ports for the three replicas and the three OSDs.
+    let ports = (free_port_run(3), free_port_run(3), free_port());
     let s = start(dir.path(), ports);
     let text = s.out.join("\n");
     for want in [
