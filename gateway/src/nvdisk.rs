@@ -205,32 +205,7 @@ impl BlockDevice for NvDiskDevice {
     }
 }
 
-/// `/dev/shm/<prefix>-<dir, '/' → '_'>.pool`: one pool file per directory, found again by a
-/// restarted gateway, never shared by two gateways on one host. `dir` should be absolute.
-pub fn shm_pool_path(prefix: &str, dir: &Path) -> PathBuf {
-    let mut name: String = dir
-        .to_string_lossy()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    // File names are at most 255 bytes: keep the distinctive end and a hash of the whole.
-    if name.len() > 180 {
-        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        });
-        name = format!("{hash:016x}{}", &name[name.len() - 160..]);
-    }
-    PathBuf::from(format!(
-        "/dev/shm/{prefix}-{}.pool",
-        name.trim_start_matches('_')
-    ))
-}
+pub use cairn_nvdisk::shm_pool_path;
 
 /// The directory of volume `id`'s nvdisk under a gateway's data directory.
 pub fn volume_dir(data_dir: &Path, id: u64) -> PathBuf {

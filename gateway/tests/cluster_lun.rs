@@ -7,27 +7,10 @@ mod common;
 use std::time::Duration;
 
 use cairn_tests::{free_port, ClusterOpts, Daemon, ProcCluster};
-use common::{run, RawInitiator};
+use common::{read10, run, write10, RawInitiator};
 
 const IQN: &str = "iqn.2026-11.org.cairn.test:vol";
 const BLOCK: usize = 512;
-
-fn write10(lba: u32, blocks: u16, fua: bool) -> [u8; 10] {
-    let mut c = [0u8; 10];
-    c[0] = 0x2A;
-    c[1] = if fua { 0x08 } else { 0 };
-    c[2..6].copy_from_slice(&lba.to_be_bytes());
-    c[7..9].copy_from_slice(&blocks.to_be_bytes());
-    c
-}
-
-fn read10(lba: u32, blocks: u16) -> [u8; 10] {
-    let mut c = [0u8; 10];
-    c[0] = 0x28;
-    c[2..6].copy_from_slice(&lba.to_be_bytes());
-    c[7..9].copy_from_slice(&blocks.to_be_bytes());
-    c
-}
 
 fn unmap(lba: u64, blocks: u32) -> ([u8; 10], Vec<u8>) {
     let mut param = vec![0u8; 24];

@@ -12,27 +12,11 @@ use std::time::Duration;
 
 use cairn_client::VolumeIo;
 use cairn_proto::msg::{MetaRead, MetaRequest, MetaResponse};
-use cairn_tests::{free_port, ClusterOpts, Daemon, ProcCluster};
-use common::{parse_test_cu, run, RawInitiator};
+use cairn_tests::{free_port, ClusterOpts, Daemon, ProcCluster, ShmCleanup};
+use common::{parse_test_cu, read10, run, write10, RawInitiator};
 
 const IQN: &str = "iqn.2026-11.org.cairn.test:nv";
 const BLOCK: usize = 512;
-
-fn write10(lba: u32, blocks: u16) -> [u8; 10] {
-    let mut c = [0u8; 10];
-    c[0] = 0x2A;
-    c[2..6].copy_from_slice(&lba.to_be_bytes());
-    c[7..9].copy_from_slice(&blocks.to_be_bytes());
-    c
-}
-
-fn read10(lba: u32, blocks: u16) -> [u8; 10] {
-    let mut c = [0u8; 10];
-    c[0] = 0x28;
-    c[2..6].copy_from_slice(&lba.to_be_bytes());
-    c[7..9].copy_from_slice(&blocks.to_be_bytes());
-    c
-}
 
 const SYNCHRONIZE_CACHE10: [u8; 10] = [0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
@@ -40,33 +24,6 @@ fn pattern(lun: u64, lba: u32, blocks: usize) -> Vec<u8> {
     (0..blocks * BLOCK)
         .map(|i| ((lun as usize * 101 + lba as usize * 7 + i / BLOCK * 13 + i) % 251) as u8)
         .collect()
-}
-
-/// Removes the /dev/shm pool files of gateways under the cluster's directory.
-struct ShmCleanup(String);
-
-impl Drop for ShmCleanup {
-    fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir("/dev/shm") else {
-            return;
-        };
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().contains(&self.0) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-}
-
-fn shm_cleanup(c: &ProcCluster) -> ShmCleanup {
-    ShmCleanup(
-        c.dir
-            .path()
-            .file_name()
-            .expect("temp dir name")
-            .to_string_lossy()
-            .into_owned(),
-    )
 }
 
 fn gateway(c: &ProcCluster, port: u16, extra: &[&str]) -> Daemon {
@@ -124,7 +81,7 @@ async fn write_lun(ini: &mut RawInitiator, lun: u64, total_blocks: u32) {
         let r = ini
             .command(
                 lun,
-                &write10(lba, chunk),
+                &write10(lba, chunk, false),
                 &pattern(lun, lba, chunk.into()),
                 0,
             )
@@ -169,7 +126,7 @@ async fn nvdisk_volumes_keep_acknowledged_writes_across_gateway_kill9() {
         })
         .await
         .expect("cluster");
-        let _shm = shm_cleanup(&c);
+        let _shm = ShmCleanup::for_cluster(&c);
         let gw = "--gateway";
         c.cli(&["vol", "create", "nv-shm", "--nvdisk", "8M", gw, "gw1"])
             .unwrap();
@@ -303,7 +260,7 @@ async fn nvdisk_lun_cache_keeps_acknowledged_writes_across_gateway_kill9() {
         })
         .await
         .expect("cluster");
-        let _shm = shm_cleanup(&c);
+        let _shm = ShmCleanup::for_cluster(&c);
         c.cli(&["pool", "create", "default", "--size", "1", "--pg-num", "8"])
             .unwrap();
         c.cli(&["vol", "create", "v1", "16M"]).unwrap();

@@ -172,6 +172,32 @@ impl Config {
     }
 }
 
+/// `/dev/shm/<prefix>-<dir, with every character but letters, digits, '.' and '-' as '_'>.pool`:
+/// one pool file per owner directory, so two daemons on one host never share one and a
+/// restarted daemon finds its own. `dir` should be absolute. Names stay under the 255-byte
+/// limit: a long one keeps its distinctive end behind a hash of the whole.
+pub fn shm_pool_path(prefix: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let mut name: String = dir
+        .to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.len() > 180 {
+        let hash = crc32fast::hash(name.as_bytes());
+        name = format!("{hash:08x}{}", &name[name.len() - 160..]);
+    }
+    std::path::PathBuf::from(format!(
+        "/dev/shm/{prefix}-{}.pool",
+        name.trim_start_matches('_')
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,7 +66,7 @@ mod mmap;
 mod pool;
 mod wal;
 
-pub use config::{Config, PoolMode};
+pub use config::{shm_pool_path, Config, PoolMode};
 pub use device::{Durability, NvDisk, Stats};
 pub use error::{Error, Result};
 pub use journal::Journal;

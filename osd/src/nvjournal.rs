@@ -220,26 +220,7 @@ impl NvJournalSpec {
     /// on one host never share one and a restarted OSD finds its own. `data_dir` should be
     /// canonical.
     pub fn shm_pool_path(data_dir: &Path) -> PathBuf {
-        let mut name: String = data_dir
-            .to_string_lossy()
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        // File names are at most 255 bytes: keep the distinctive end and a hash of the whole.
-        if name.len() > 180 {
-            let hash = crc32fast::hash(name.as_bytes());
-            name = format!("{hash:08x}{}", &name[name.len() - 160..]);
-        }
-        PathBuf::from(format!(
-            "/dev/shm/cairn-osd-{}.pool",
-            name.trim_start_matches('_')
-        ))
+        cairn_nvdisk::shm_pool_path("cairn-osd", data_dir)
     }
 
     /// The nvdisk configuration for an OSD whose data directory is `data_dir`.

@@ -486,6 +486,36 @@ impl ProcCluster {
     }
 }
 
+/// Removes, when dropped (however the test ends), the /dev/shm pool files of the daemons of a
+/// cluster: their names contain the cluster directory's name.
+pub struct ShmCleanup(String);
+
+impl ShmCleanup {
+    pub fn for_cluster(c: &ProcCluster) -> ShmCleanup {
+        ShmCleanup(
+            c.dir
+                .path()
+                .file_name()
+                .expect("temp dir name")
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+}
+
+impl Drop for ShmCleanup {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir("/dev/shm") else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().contains(&self.0) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 /// S3 credentials: an access key id and its secret.
 #[derive(Clone, Debug)]
 pub struct S3Key {

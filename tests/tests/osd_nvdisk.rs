@@ -5,28 +5,12 @@
 use bytes::Bytes;
 use cairn_client::PoolSpec;
 use cairn_proto::Oid;
-use cairn_tests::{bounded_async, free_port, ClusterOpts, Daemon, ProcCluster};
+use cairn_tests::{bounded_async, free_port, ClusterOpts, Daemon, ProcCluster, ShmCleanup};
 use rand::Rng;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Removes the /dev/shm pool files of OSDs under the cluster's directory, however the test ends.
-struct ShmCleanup(String);
-
-impl Drop for ShmCleanup {
-    fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir("/dev/shm") else {
-            return;
-        };
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().contains(&self.0) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-}
 
 /// `records` of the last "journal replayed" line in the OSD's log (0 if none).
 fn replayed_records(log: &Path) -> u64 {
@@ -64,14 +48,7 @@ async fn kill9_loses_no_acknowledged_write(journal: &str) -> anyhow::Result<()> 
         ..Default::default()
     })
     .await?;
-    let _shm = ShmCleanup(
-        c.dir
-            .path()
-            .file_name()
-            .expect("temp dir name")
-            .to_string_lossy()
-            .into_owned(),
-    );
+    let _shm = ShmCleanup::for_cluster(&c);
     let addr = format!("127.0.0.1:{}", free_port());
     let data_dir = c.osd_dir(0);
     let args = vec![

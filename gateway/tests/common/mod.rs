@@ -345,3 +345,22 @@ impl RawInitiator {
         self.command(lun, &[0u8; 6], &[], 0).await.status
     }
 }
+
+/// A WRITE(10) CDB (`fua`: force unit access).
+pub fn write10(lba: u32, blocks: u16, fua: bool) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = 0x2A;
+    c[1] = if fua { 0x08 } else { 0 };
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+/// A READ(10) CDB.
+pub fn read10(lba: u32, blocks: u16) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = 0x28;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
