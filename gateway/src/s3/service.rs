@@ -598,7 +598,13 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
-        let input = req.input;
+        let mut input = req.input;
+        if let Err(e) = super::store::key_components(&input.key) {
+            // Read a small body before answering, so the connection stays in step for the
+            // client's next request instead of taking the unread body for one.
+            drain(input.body.take(), input.content_length).await;
+            return Err(e);
+        }
         let meta = new_meta(
             input.metadata,
             input.content_type,
@@ -1359,6 +1365,14 @@ impl S3 for CairnS3 {
             uploads: Some(list),
             ..Default::default()
         }))
+    }
+}
+
+/// Read and drop a request body of at most 1 MiB (a larger one is left for the connection to
+/// be closed over).
+async fn drain(body: Option<StreamingBlob>, len: Option<i64>) {
+    if let Some(mut b) = body.filter(|_| len.unwrap_or(i64::MAX) <= 1 << 20) {
+        while let Some(Ok(_)) = b.next().await {}
     }
 }
 
