@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # File-system benchmark: cairn's FUSE mount beside a plain local directory on the same disk (the
-# limit) and a GlusterFS FUSE mount (3 bricks, /work/shared/peers/gluster.sh), in one run.
+# limit) and a GlusterFS FUSE mount (2 bricks, /work/shared/peers/gluster.sh), in one run.
 #   - 1 GiB sequential write (dd bs=1M conv=fsync) and read (dd bs=1M after drop_caches)
 #   - N files of 4 KiB: create+write, stat, read, unlink (files/s per phase, one thread)
 # Prints one table and the ratios cairn/local and cairn/gluster.
@@ -27,7 +27,7 @@ cleanup() {
   fusermount3 -u -z "$WD/mnt" 2>/dev/null
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   wait 2>/dev/null
-  [ "${GLUSTER:-1}" = 1 ] && "$PEERS/gluster.sh" stop 3 "$WD/gluster" >/dev/null 2>&1
+  [ "${GLUSTER:-1}" = 1 ] && "$PEERS/gluster.sh" stop 2 "$WD/gluster" >/dev/null 2>&1
 }
 trap cleanup EXIT
 
@@ -81,7 +81,7 @@ RES=()
 RES+=("$(bench_dir local "$WD/local")")
 RES+=("$(bench_dir cairn "$WD/mnt")")
 if [ "${GLUSTER:-1}" = 1 ]; then
-  if "$PEERS/gluster.sh" start 3 "$WD/gluster" > "$WD/gluster.log" 2>&1; then
+  if "$PEERS/gluster.sh" start 2 "$WD/gluster" > "$WD/gluster.log" 2>&1; then
     RES+=("$(bench_dir gluster "$WD/gluster/mnt")")
   else
     echo "glusterd could not start here (see $WD/gluster.log)"
@@ -94,7 +94,7 @@ ratio() { # NAME
   local base; base=$(printf "%s\n" "${RES[@]}" | awk -v n="$1" '$1==n')
   local mine; mine=$(printf "%s\n" "${RES[@]}" | awk '$1=="cairn"')
   [ -n "$base" ] && [ -n "$mine" ] || return
-  echo "$mine $base" | awk -v n="$1" '{printf "cairn/%-8s write %.2f  read %.2f  create %.2f  stat %.2f  read %.2f  unlink %.2f\n", n, $2/$9, $3/$10, $4/$11, $5/$12, $6/$13, $7/$14}'
+  echo "$mine $base" | awk -v n="$1" '{printf "cairn/%-8s write %.3g  read %.3g  create %.3g  stat %.3g  read %.3g  unlink %.3g\n", n, $2/$9, $3/$10, $4/$11, $5/$12, $6/$13, $7/$14}'
 }
 echo
 ratio local
