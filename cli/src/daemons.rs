@@ -135,6 +135,14 @@ pub struct GatewayArgs {
     /// PEM private key for --s3-tls-cert.
     #[arg(long)]
     s3_tls_key: Option<PathBuf>,
+    /// Do not run the background migrator (which moves file data into the pools directories
+    /// are pinned to; gateways take turns running it).
+    #[arg(long)]
+    no_migrate: bool,
+    /// Seconds the old objects of a moved file keep refusing clients (default 120; keep it
+    /// above the 30 s clients trust a file's remembered pool).
+    #[arg(long)]
+    migrate_grace_secs: Option<u64>,
 }
 
 #[derive(Args)]
@@ -331,6 +339,12 @@ pub async fn run_gateway(args: GatewayArgs) -> Result<()> {
     if args.s3_tls_cert.is_some() || args.s3_tls_key.is_some() {
         cfg.s3.tls_cert = args.s3_tls_cert;
         cfg.s3.tls_key = args.s3_tls_key;
+    }
+    if args.no_migrate {
+        cfg.migrate = false;
+    }
+    if let Some(g) = args.migrate_grace_secs {
+        cfg.migrate_grace_secs = g;
     }
     let gw = cairn_gateway::daemon::start(cfg).await?;
     if let Some(a) = gw.iscsi_addr {

@@ -1,7 +1,9 @@
 //! `cairn fs`: namespace administration by namespace path (`/dir/file`, as S3 and NFS see it,
-//! not a local mount path): pin a directory to a pool, and show where a file's data lives.
+//! not a local mount path): pin a directory to a pool, move existing data there, and show where
+//! a file's data lives.
 
 use anyhow::{bail, Context, Result};
+use cairn_client::migrate::{self, MigrateOptions, Migrator};
 use cairn_client::FsClient;
 use cairn_proto::fs::{FileKind, NsOp, NsResult};
 use clap::Subcommand;
@@ -10,11 +12,20 @@ use crate::util::connect;
 
 #[derive(Subcommand)]
 pub enum FsCmd {
-    /// Pin a directory to a pool: files created below it from now on (down to the next pinned
-    /// directory) keep their data there. Existing files stay where they are.
+    /// Pin a directory to a pool: files created below it (down to the next pinned directory)
+    /// keep their data there, and the data of existing files moves there in the background (a
+    /// gateway's migrator, or `cairn fs migrate`).
     Pin { path: String, pool: String },
-    /// Remove a directory's pin: new files below it inherit from its parent again.
+    /// Remove a directory's pin: files below it go back to the pool of its parent's pin.
     Unpin { path: String },
+    /// Move file data to where pins say now, and wait until every move is over (taking turns
+    /// with gateways' migrators: if one is at work, follow its progress).
+    Migrate {
+        /// Seconds the old objects of a moved file keep refusing clients before the move ends
+        /// (keep it above the 30 s clients trust a file's remembered pool).
+        #[arg(long, default_value_t = cairn_client::migrate::MOVE_GRACE.as_secs())]
+        grace_secs: u64,
+    },
     /// Show an inode's kind, size and the pool its data (file) or new files (directory) use.
     Stat { path: String },
 }
@@ -49,7 +60,10 @@ pub async fn run(meta: Vec<String>, cmd: FsCmd) -> Result<()> {
                 })
                 .await?
             {
-                NsResult::Attr(_) => println!("{path}: new files go to pool {pool}"),
+                NsResult::Attr(_) => println!(
+                    "{path}: new files go to pool {pool}; existing files move there in the \
+                     background (cairn fs migrate waits for it)"
+                ),
                 other => bail!("unexpected reply {other:?}"),
             }
         }
@@ -67,7 +81,30 @@ pub async fn run(meta: Vec<String>, cmd: FsCmd) -> Result<()> {
                 pool: None,
             })
             .await?;
-            println!("{path}: unpinned");
+            println!("{path}: unpinned; its files move back in the background");
+        }
+        FsCmd::Migrate { grace_secs } => {
+            let m = Migrator::new(
+                fs,
+                MigrateOptions {
+                    grace: std::time::Duration::from_secs(grace_secs),
+                    ..Default::default()
+                },
+            );
+            let mut last = String::new();
+            let total = m
+                .run_until_idle(|_, st| {
+                    let line = migrate::describe(st);
+                    if line != last {
+                        eprintln!("{line}");
+                        last = line;
+                    }
+                })
+                .await?;
+            println!(
+                "moved {} files ({} bytes copied); {} left in place (hard links); {} directories swept",
+                total.files_moved, total.bytes_copied, total.files_skipped, total.dirs_swept
+            );
         }
         FsCmd::Stat { path } => {
             dir_of(&path)?;
@@ -75,7 +112,7 @@ pub async fn run(meta: Vec<String>, cmd: FsCmd) -> Result<()> {
                 .resolve(&path, false)
                 .await
                 .with_context(|| path.clone())?;
-            let map = cluster.map();
+            let map = cluster.refresh_map().await?;
             let pool = match attr.pool {
                 Some(id) => map
                     .pools
@@ -91,6 +128,19 @@ pub async fn run(meta: Vec<String>, cmd: FsCmd) -> Result<()> {
             println!("pool        {pool}");
             if attr.kind == FileKind::File {
                 println!("chunk size  {}", attr.chunk_size);
+                if let Some(m) = map.moving.get(&attr.ino) {
+                    let name = |id| {
+                        map.pools
+                            .get(&id)
+                            .map_or_else(|| id.to_string(), |p: &cairn_proto::Pool| p.name.clone())
+                    };
+                    println!(
+                        "moving      {} -> {} ({:?})",
+                        name(m.from),
+                        name(m.to),
+                        m.phase
+                    );
+                }
             }
         }
     }

@@ -17,8 +17,16 @@
 //! return its [`FreedFile`]; the caller deletes the data with [`FsClient::free`] once no open
 //! handle of its own needs it (POSIX lets an open file outlive its last name).
 //!
-//! Nothing is cached here: every call goes to the cluster. Front ends layer their own caching
-//! policy (the FUSE mount's TTLs, NFS clients' attribute caches) on top.
+//! Moves. A file's data can move to another pool (a directory pinned after the file was
+//! written: see [`crate::migrate`]). Data I/O therefore does not trust the pool of the
+//! `InodeAttr` it is given for long: the client remembers the newest layout (pool) of each file
+//! any answer of the metadata service showed it, and reads the attributes again before I/O when
+//! that is older than [`LAYOUT_TTL`]. An OSD refuses operations on the objects of a file being
+//! moved ([`WireError::Moved`]); I/O then follows the file's attributes to the new pool, or waits
+//! while the copy is under way (writes only; reads go on from the old objects).
+//!
+//! Nothing else is cached here: every call goes to the cluster. Front ends layer their own
+//! caching policy (the FUSE mount's TTLs, NFS clients' attribute caches) on top.
 
 use crate::error::{ClientError, Result};
 use crate::objects::PoolIo;
@@ -33,7 +41,20 @@ use cairn_proto::msg::{MetaCommand, MetaRead, MetaRequest, MetaResponse, MetaRes
 use cairn_proto::rpc::RpcError;
 use cairn_proto::{PieceKind, PoolId, WireError};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a file's pool, as an answer of the metadata service showed it, is trusted for data
+/// I/O before the attributes are read again. Shorter than [`crate::migrate::MOVE_GRACE`], so a
+/// client trusting an old pool always meets the old objects' refusal rather than their absence.
+pub const LAYOUT_TTL: Duration = Duration::from_secs(30);
+
+/// How long data I/O waits for the copy of a moving file before failing.
+const MOVE_WAIT: Duration = Duration::from_secs(600);
+
+/// Most layouts remembered; past it the memory starts again.
+const LAYOUTS_MAX: usize = 100_000;
 
 /// The pool of files whose `pool` is `None`.
 pub const DEFAULT_FILE_POOL: &str = "default";
@@ -89,12 +110,17 @@ pub struct FsCapacity {
     pub file_bytes: u64,
 }
 
+/// The newest pool seen for each file, with when the answer showing it was asked for.
+type Layouts = HashMap<Ino, (Option<PoolId>, Instant)>;
+
 /// Namespace operations and file data I/O over a [`Cluster`]. Cheap to clone.
 #[derive(Clone)]
 pub struct FsClient {
     cluster: Cluster,
     /// Object I/O per file pool, looked up once.
     pools: Arc<Mutex<HashMap<Option<PoolId>, PoolIo>>>,
+    /// The newest pool seen for each file and when the answer showing it was asked for.
+    layouts: Arc<Mutex<Layouts>>,
 }
 
 fn unexpected(what: impl std::fmt::Debug) -> ClientError {
@@ -106,6 +132,33 @@ impl FsClient {
         FsClient {
             cluster,
             pools: Arc::default(),
+            layouts: Arc::default(),
+        }
+    }
+
+    /// Remember the layout of a file from an answer to a request sent at `asked`.
+    fn note_layout(&self, attr: &InodeAttr, asked: Instant) {
+        if attr.kind != FileKind::File {
+            return;
+        }
+        let mut l = self.layouts.lock().expect("layouts lock");
+        if l.len() >= LAYOUTS_MAX {
+            l.clear();
+        }
+        match l.get_mut(&attr.ino) {
+            Some(known) if known.1 > asked => {}
+            Some(known) => *known = (attr.pool, asked),
+            None => {
+                l.insert(attr.ino, (attr.pool, asked));
+            }
+        }
+    }
+
+    fn note_result(&self, r: &NsResult, asked: Instant) {
+        match r {
+            NsResult::Attr(a) | NsResult::Entry { attr: a, .. } => self.note_layout(a, asked),
+            NsResult::Batch(rs) => rs.iter().for_each(|r| self.note_result(r, asked)),
+            _ => {}
         }
     }
 
@@ -117,21 +170,35 @@ impl FsClient {
 
     /// Apply one namespace mutation (one raft entry).
     pub async fn apply(&self, op: NsOp) -> Result<NsResult> {
+        let asked = Instant::now();
         match self.cluster.meta().command(MetaCommand::Ns(op)).await? {
-            MetaResult::Ns(r) => Ok(r),
+            MetaResult::Ns(r) => {
+                self.note_result(&r, asked);
+                Ok(r)
+            }
             other => Err(unexpected(other)),
         }
     }
 
     /// Answer one namespace read (linearizable, from the leader's memory).
     pub async fn query(&self, q: NsQuery) -> Result<NsReply> {
+        let asked = Instant::now();
         match self
             .cluster
             .meta()
             .call(MetaRequest::Read(MetaRead::Ns(q)))
             .await?
         {
-            MetaResponse::Ns(r) => Ok(r),
+            MetaResponse::Ns(r) => {
+                match &r {
+                    NsReply::Attr(a) | NsReply::AttrXattr(a, _) => self.note_layout(a, asked),
+                    NsReply::DirPlus { entries, .. } => entries
+                        .iter()
+                        .for_each(|e| self.note_layout(&e.attr, asked)),
+                    _ => {}
+                }
+                Ok(r)
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -392,14 +459,19 @@ impl FsClient {
         if let Some(size) = set.size {
             let old = self.getattr(ino).await?;
             if old.kind == FileKind::File {
-                let data = self.data(&old).await?;
                 let chunk = u64::from(old.chunk_size.max(1));
-                if size < old.size {
+                let hole = if size < old.size {
                     let end = old.size.div_ceil(chunk) * chunk;
-                    data.punch(size, end - size).await?;
+                    Some((size, end - size))
                 } else if size > old.size && old.size % chunk != 0 {
                     let end = (old.size / chunk + 1) * chunk;
-                    data.punch(old.size, end.min(size) - old.size).await?;
+                    Some((old.size, end.min(size) - old.size))
+                } else {
+                    None
+                };
+                if let Some((at, len)) = hole {
+                    self.with_data(&old, |d| async move { d.punch(at, len).await })
+                        .await?;
                 }
             }
         }
@@ -494,6 +566,68 @@ impl FsClient {
         ))
     }
 
+    /// `attr` with the newest pool known for its data: the one remembered if it is fresh
+    /// enough, else the metadata service's (the given one when the file is gone from the
+    /// namespace: an open file outlives its last name, and its data stays where it was).
+    async fn layout(&self, attr: &InodeAttr) -> Result<InodeAttr> {
+        let mut a = attr.clone();
+        if a.kind != FileKind::File {
+            return Ok(a);
+        }
+        let known = self
+            .layouts
+            .lock()
+            .expect("layouts lock")
+            .get(&a.ino)
+            .filter(|(_, at)| at.elapsed() < LAYOUT_TTL)
+            .map(|(p, _)| *p);
+        match known {
+            Some(pool) => a.pool = pool,
+            None => match self.getattr(a.ino).await {
+                Ok(fresh) => a.pool = fresh.pool,
+                Err(e) if matches!(e.fs(), Some(FsError::NotFound | FsError::Stale)) => {}
+                Err(e) => return Err(e),
+            },
+        }
+        Ok(a)
+    }
+
+    /// Run `f` on the file's data where its newest layout says, following a move (see the
+    /// module documentation): refused by an OSD because the data moved, it reads the attributes
+    /// again and goes where they say, or waits while the copy is under way.
+    async fn with_data<T, F, Fut>(&self, attr: &InodeAttr, f: F) -> Result<T>
+    where
+        F: Fn(Striped) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let start = Instant::now();
+        let mut a = self.layout(attr).await?;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let e = match f(self.data(&a).await?).await {
+                Err(e) if matches!(e.wire(), Some(WireError::Moved { .. })) => e,
+                r => return r,
+            };
+            if start.elapsed() >= MOVE_WAIT {
+                return Err(e);
+            }
+            match self.getattr(a.ino).await {
+                Ok(fresh) if fresh.pool != a.pool => {
+                    a.pool = fresh.pool;
+                    continue;
+                }
+                Ok(_) => {}
+                // The file went while its data was moving: the mover deletes the data.
+                Err(g) if matches!(g.fs(), Some(FsError::NotFound | FsError::Stale)) => {
+                    return Err(FsError::Stale.into())
+                }
+                Err(g) => return Err(g),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
     /// Read up to `len` bytes at `offset` of a file whose size is `attr.size` (fewer at the end;
     /// none past it). Holes read as zeros.
     pub async fn read(&self, attr: &InodeAttr, offset: u64, len: u64) -> Result<Bytes> {
@@ -501,7 +635,8 @@ impl FsClient {
         if end <= offset {
             return Ok(Bytes::new());
         }
-        self.data(attr).await?.read(offset, end - offset).await
+        self.with_data(attr, |d| async move { d.read(offset, end - offset).await })
+            .await
     }
 
     /// Write `data` at `offset`; durable on the OSDs when this returns. Does not change the
@@ -510,16 +645,26 @@ impl FsClient {
         if offset.saturating_add(data.len() as u64) > cairn_proto::fs::MAX_FILE_SIZE {
             return Err(FsError::FileTooBig.into());
         }
-        self.data(attr).await?.write(offset, data).await
+        self.with_data(attr, |d| {
+            let data = data.clone();
+            async move { d.write(offset, data).await }
+        })
+        .await
     }
 
-    /// Delete the data of a file whose last link went.
+    /// Delete the data of a file whose last link went. Refused because the file's data was
+    /// being copied to another pool, it is left to the mover, which deletes both copies of a
+    /// file that is gone.
     pub async fn free(&self, f: FreedFile) -> Result<()> {
         let chunk = u64::from(f.chunk_size.max(1));
         let io = self.pool_io(f.pool).await?;
-        Striped::new(io, PieceKind::File, f.ino, chunk)
+        let r = Striped::new(io, PieceKind::File, f.ino, chunk)
             .remove_objects(0, f.size.div_ceil(chunk))
-            .await
+            .await;
+        match r {
+            Err(e) if matches!(e.wire(), Some(WireError::Moved { .. })) => Ok(()),
+            r => r,
+        }
     }
 
     // ------------------------------------------------------------ advisory locks

@@ -6,17 +6,20 @@
 //! - [`PoolIo`] is object I/O on one pool: whole/partial reads and writes, streaming put/get of
 //!   objects of any size, attributes, typed objects and on-device queries (`GetExtent`,
 //!   `QueryExtent`) fanned out to every primary and merged.
+//! - [`FsClient`] is the uniform namespace and file data; [`migrate::Migrator`] moves file data
+//!   to the pools directories are pinned to.
 
 mod cluster;
 mod error;
 mod fs;
+pub mod migrate;
 mod objects;
 mod striped;
 mod volume;
 
 pub use cluster::{ClientOptions, Cluster, PoolSpec};
 pub use error::{ClientError, Result};
-pub use fs::{FsCapacity, FsClient, SetAttrs, DEFAULT_FILE_POOL};
+pub use fs::{FsCapacity, FsClient, SetAttrs, DEFAULT_FILE_POOL, LAYOUT_TTL};
 pub use objects::PoolIo;
 pub use striped::Striped;
 pub use volume::VolumeIo;

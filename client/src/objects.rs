@@ -273,6 +273,34 @@ impl PoolIo {
         }
     }
 
+    /// The objects of one placement group with ids in `(after, last]`, in id order.
+    pub async fn list_range(&self, pg: PgId, after: Oid, last: Oid) -> Result<Vec<(Oid, u64)>> {
+        let mut out = Vec::new();
+        let mut after = after;
+        loop {
+            let r = self
+                .cluster
+                .call_primary(pg, |epoch| OsdRequest::List {
+                    epoch,
+                    pg,
+                    after: Some(after),
+                    limit: PAGE,
+                })
+                .await?;
+            let OsdResponse::List { objects, more } = r else {
+                return Err(unexpected(r));
+            };
+            let Some(&(tail, _)) = objects.last() else {
+                return Ok(out);
+            };
+            out.extend(objects.into_iter().take_while(|(o, _)| *o <= last));
+            if !more || tail >= last {
+                return Ok(out);
+            }
+            after = tail;
+        }
+    }
+
     /// `GetExtent(otype)`: every typed object of `otype`.
     pub async fn get_extent(&self, otype: &str) -> Result<Vec<QueryHit>> {
         self.query(otype, &Filter::default()).await

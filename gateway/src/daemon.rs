@@ -46,6 +46,15 @@ pub struct GatewayConfig {
     pub s3_listen: String,
     /// S3 tunables.
     pub s3: S3Options,
+    /// Run the background migrator: it moves the data of files below a directory pinned to a
+    /// pool (`cairn fs pin`) into that pool. Gateways take turns through a lock, so any number
+    /// may have it on.
+    pub migrate: bool,
+    /// Milliseconds between migration passes.
+    pub migrate_interval_ms: u64,
+    /// Seconds the old objects of a moved file keep refusing clients before they are forgotten;
+    /// keep it above the 30 s clients trust a file's remembered pool.
+    pub migrate_grace_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -61,6 +70,9 @@ impl Default for GatewayConfig {
             nfs_listen: "127.0.0.1:2049".into(),
             s3_listen: "127.0.0.1:9000".into(),
             s3: S3Options::default(),
+            migrate: true,
+            migrate_interval_ms: 5000,
+            migrate_grace_secs: cairn_client::migrate::MOVE_GRACE.as_secs(),
         }
     }
 }
@@ -97,6 +109,12 @@ impl GatewayConfig {
         if self.lun_cache_flush_ms == 0 {
             return Err(GatewayError::InvalidOption {
                 field: "lun_cache_flush_ms",
+                reason: "must be at least 1",
+            });
+        }
+        if self.migrate_interval_ms == 0 {
+            return Err(GatewayError::InvalidOption {
+                field: "migrate_interval_ms",
                 reason: "must be at least 1",
             });
         }
@@ -197,6 +215,24 @@ pub async fn start(cfg: GatewayConfig) -> Result<GatewayHandle, GatewayError> {
             cfg.s3.clone(),
             rx.clone(),
         )));
+    }
+    if cfg.migrate {
+        let migrator = cairn_client::migrate::Migrator::new(
+            cairn_client::FsClient::new(cluster.clone()),
+            cairn_client::migrate::MigrateOptions {
+                grace: std::time::Duration::from_secs(cfg.migrate_grace_secs),
+                ..Default::default()
+            },
+        );
+        let interval = std::time::Duration::from_millis(cfg.migrate_interval_ms);
+        let mut rx = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                _ = migrator.run(interval) => {}
+                _ = rx.wait_for(|stop| *stop) => {}
+            }
+            Ok(())
+        }));
     }
     let mut nfs_port = None;
     if !cfg.nfs_listen.is_empty() {

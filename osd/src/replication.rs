@@ -49,6 +49,7 @@ pub(crate) async fn handle_client(
             len,
         } => {
             let (_, pg) = locate(sh, epoch, pool, oid).await?;
+            check_moving(&sh.map(), pool, oid, true, false)?;
             Stats::inc(&sh.stats.reads);
             read_repairing(sh, pg, oid, offset, u64::from(len), false)
                 .await
@@ -57,6 +58,7 @@ pub(crate) async fn handle_client(
         }
         OsdRequest::Stat { epoch, pool, oid } => {
             let (_, pg) = locate(sh, epoch, pool, oid).await?;
+            check_moving(&sh.map(), pool, oid, true, false)?;
             match sh.store.stat(pg, oid).map_err(|e| sh.wire(e))? {
                 Some(s) => Ok(OsdResponse::Stat(s)),
                 None => Err(WireError::NoSuchObject { oid }),
@@ -71,6 +73,11 @@ pub(crate) async fn handle_client(
             let map = sh.check_epoch(epoch).await?;
             check_serving(sh, &map, pg)?;
             let limit = limit.clamp(1, MAX_PAGE) as usize;
+            // Wait out a mutation that passed its checks under an older map: a listing made
+            // after a map change (a file move beginning) must include every write accepted
+            // before it.
+            let slot = sh.pgs.get(pg);
+            let _order = slot.lock.lock().await;
             let (objects, more) = sh
                 .blocking(move |s| s.list(pg, after, limit))
                 .await
@@ -136,6 +143,21 @@ async fn locate(
     Ok((pool, pg))
 }
 
+/// Refuse an operation on the objects of a file whose data is moving away from `pool` (see
+/// `ClusterMap::moving`): the client reads the file's attributes again and follows them.
+fn check_moving(
+    map: &ClusterMap,
+    pool: PoolId,
+    oid: Oid,
+    read_only: bool,
+    delete: bool,
+) -> Result<(), WireError> {
+    match map.moving_refuses(pool, oid, read_only, delete) {
+        Some(ino) => Err(WireError::Moved { ino }),
+        None => Ok(()),
+    }
+}
+
 /// We must be the primary, done peering.
 fn check_serving(sh: &Shared, map: &ClusterMap, pg: PgId) -> Result<(), WireError> {
     sh.check_primary(map, pg)?;
@@ -165,6 +187,7 @@ async fn mutate(
         });
     }
     check_serving(sh, &map, pg)?;
+    check_moving(&map, pool_id, oid, false, matches!(op, ObjOp::Delete))?;
     let up = map.pg_up(pg);
     if up.len() < usize::from(pool.min_size) {
         return Err(WireError::Degraded {

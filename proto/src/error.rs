@@ -53,6 +53,10 @@ pub enum WireError {
     ShuttingDown,
     #[error("{0}")]
     Fs(crate::fs::FsError),
+    /// The object belongs to file `ino`, whose data is moving to another pool (or has moved):
+    /// the client reads the file's attributes again and retries where they say.
+    #[error("the data of file {ino} is moving to another pool")]
+    Moved { ino: u64 },
 }
 
 impl WireError {

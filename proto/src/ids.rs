@@ -36,6 +36,18 @@ impl Oid {
         Oid((u128::from(kind as u8) << 120) | (owner << 64) | u128::from(index))
     }
 
+    /// The kind, owner and index of a piece id made by [`Oid::for_piece`] (`None` when the top
+    /// byte names no kind: a hashed name, most likely).
+    pub fn piece(self) -> Option<(PieceKind, u64, u64)> {
+        let kind = match (self.0 >> 120) as u8 {
+            k if k == PieceKind::Volume as u8 => PieceKind::Volume,
+            k if k == PieceKind::File as u8 => PieceKind::File,
+            _ => return None,
+        };
+        let owner = (self.0 >> 64) as u64 & ((1u64 << 56) - 1);
+        Some((kind, owner, self.0 as u64))
+    }
+
     /// Parse 32 hex digits, or else hash the string as a name. The bool says whether it was hashed.
     pub fn parse_or_hash(s: &str) -> (Oid, bool) {
         match s.parse() {
@@ -166,6 +178,10 @@ mod tests {
         assert_eq!((a.0 >> 64) as u64 & ((1 << 56) - 1), 7);
         assert_eq!(a.0 as u64, 3);
         assert_ne!(a, Oid::for_piece(PieceKind::File, 7, 3));
+        assert_eq!(a.piece(), Some((PieceKind::Volume, 7, 3)));
+        let f = Oid::for_piece(PieceKind::File, (1 << 56) - 1, u64::MAX);
+        assert_eq!(f.piece(), Some((PieceKind::File, (1 << 56) - 1, u64::MAX)));
+        assert_eq!(Oid(0).piece(), None);
     }
 
     #[test]

@@ -111,6 +111,45 @@ pub struct ClusterMap {
     pub meta_members: BTreeMap<NodeId, String>,
     /// The metadata leader when the map was read (not part of the replicated state).
     pub meta_leader: Option<NodeId>,
+    /// Files whose data is moving between pools (after `cairn fs pin`), by inode. OSDs refuse
+    /// operations on their objects in the `from` pool as [`FileMove::refuses`] says, so no
+    /// writer can change data behind the copy and no reader can read a copy being deleted.
+    pub moving: BTreeMap<u64, FileMove>,
+}
+
+/// One file's data moving from pool `from` to pool `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMove {
+    pub from: PoolId,
+    pub to: PoolId,
+    /// The file's pool as its inode named it when the move began (`None`: the default file
+    /// pool, which is `from`); the switch to `to` happens only if it is still that.
+    pub expect: Option<PoolId>,
+    pub phase: MovePhase,
+    /// Unix milliseconds when the phase began.
+    pub since_ms: u64,
+}
+
+/// Where a file move stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MovePhase {
+    /// The data is being copied: the old objects may be read, not changed.
+    Copying,
+    /// The inode names the new pool (or the file is gone): the old objects are being deleted and
+    /// any other operation on them is refused, so a client still holding the old pool learns of
+    /// the move.
+    Moved,
+}
+
+impl FileMove {
+    /// Whether an operation on an object of the moving file in the `from` pool is refused:
+    /// while copying, everything but reads; once moved, everything but deletes.
+    pub fn refuses(&self, read_only: bool, delete: bool) -> bool {
+        match self.phase {
+            MovePhase::Copying => !read_only,
+            MovePhase::Moved => !delete,
+        }
+    }
 }
 
 impl ClusterMap {
@@ -140,5 +179,25 @@ impl ClusterMap {
 
     pub fn osd_addr(&self, id: OsdId) -> Option<&str> {
         self.osds.get(&id).map(|o| o.addr.as_str())
+    }
+
+    /// The move that makes an operation on `oid` in `pool` refused, if any (see
+    /// [`FileMove::refuses`]); only file data objects can be moving.
+    pub fn moving_refuses(
+        &self,
+        pool: PoolId,
+        oid: crate::ids::Oid,
+        read_only: bool,
+        delete: bool,
+    ) -> Option<u64> {
+        if self.moving.is_empty() {
+            return None;
+        }
+        let (kind, ino, _) = oid.piece()?;
+        if kind != crate::ids::PieceKind::File {
+            return None;
+        }
+        let m = self.moving.get(&ino)?;
+        (m.from == pool && m.refuses(read_only, delete)).then_some(ino)
     }
 }

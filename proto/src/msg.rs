@@ -144,6 +144,37 @@ pub enum MetaCommand {
         gateway: String,
         mode: NvDiskMode,
     },
+    /// Moving file data between pools (the background migration after a pin).
+    Migrate(MigrateCommand),
+}
+
+/// Steps of moving file data between pools; see [`crate::map::FileMove`] for what OSDs enforce.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum MigrateCommand {
+    /// Start moving each file whose inode still names pool `expect` and that is not already
+    /// moving: it enters [`crate::map::MovePhase::Copying`]. Answers
+    /// [`MetaResult::Migrating`] with the inodes that did (one map epoch for all of them).
+    Begin { files: Vec<MigrateFile> },
+    /// The copy of `ino` is complete: if the inode still names the pool it named at `Begin`, it
+    /// now names `to`; either way the move enters [`crate::map::MovePhase::Moved`]. Answers
+    /// [`MetaResult::Switched`] with whether the inode switched.
+    Switch { ino: u64 },
+    /// The old objects of these moves are gone (or the moves are abandoned): forget them.
+    End { inos: Vec<u64> },
+    /// Directory `dir` was swept while its pin was `pin`: take it off the queue unless it was
+    /// pinned again since.
+    Swept { dir: u64, pin: Option<PoolId> },
+}
+
+/// One file to start moving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateFile {
+    pub ino: u64,
+    /// The file's pool as its inode names it (`None`: the default file pool).
+    pub expect: Option<PoolId>,
+    /// The pool its objects are in now, and the one they go to.
+    pub from: PoolId,
+    pub to: PoolId,
 }
 
 /// Reads of the replicated state other than the map.
@@ -157,6 +188,17 @@ pub enum MetaRead {
     Ns(NsQuery),
     /// Every user, key and bucket policy (secrets included: for gateways and administrators).
     Users,
+    /// Directories whose files wait to be moved to the pool of their pin, and moves under way.
+    Migrations,
+}
+
+/// What [`MetaRead::Migrations`] answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct MigrationStatus {
+    /// Directories pinned or unpinned whose subtrees have not been swept since.
+    pub queued_dirs: Vec<u64>,
+    /// Moves under way, by inode.
+    pub moving: Vec<(u64, crate::map::FileMove)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -174,6 +216,7 @@ pub enum MetaResponse {
     Users(UserDb),
     Status(MetaStatus),
     Done,
+    Migrations(MigrationStatus),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -183,6 +226,10 @@ pub enum MetaResult {
     Pool(PoolId),
     Volume(VolumeInfo),
     Ns(NsResult),
+    /// [`MigrateCommand::Begin`]: the inodes that started moving.
+    Migrating(Vec<u64>),
+    /// [`MigrateCommand::Switch`]: whether the inode now names the new pool.
+    Switched(bool),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -9,6 +9,7 @@
 
 pub mod iscsi;
 pub mod members;
+pub mod migrate;
 pub mod namespace;
 pub mod osd;
 pub mod pool;
@@ -23,12 +24,14 @@ use cairn_proto::volume::VolumeInfo;
 use cairn_proto::{ClusterMap, NodeId};
 use namespace::Namespace;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Version byte in front of every encoded snapshot image and proposal. 2: the state gained S3
-/// users and bucket policies, and volumes their backing (replicated or nvdisk). Version 1 data
-/// (from before those) is refused, not migrated: cairn has had no release to migrate from.
-const CODEC_VERSION: u8 = 2;
+/// users and bucket policies, and volumes their backing (replicated or nvdisk). 3: the map gained
+/// file moves and the state the migration queue; version 2 images are read and converted
+/// ([`StateV2`]), and version 2 proposals decode unchanged (commands were only added). Version 1
+/// data is refused.
+const CODEC_VERSION: u8 = 3;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -45,6 +48,52 @@ pub struct State {
     pub ns: Namespace,
     /// S3 users, access keys and bucket policies.
     pub users: UserDb,
+    /// Directories whose pin changed and whose files have not been swept since (see
+    /// [`migrate`]).
+    pub migration_queue: BTreeSet<cairn_proto::fs::Ino>,
+}
+
+/// The state as codec version 2 wrote it: the map without file moves, no migration queue.
+#[derive(Deserialize)]
+struct StateV2 {
+    map: MapV2,
+    next_pool: u32,
+    volumes: BTreeMap<String, VolumeInfo>,
+    next_volume: u64,
+    iscsi: IscsiConfig,
+    ns: Namespace,
+    users: UserDb,
+}
+
+#[derive(Deserialize)]
+struct MapV2 {
+    epoch: u64,
+    osds: BTreeMap<cairn_proto::OsdId, cairn_proto::map::OsdInfo>,
+    pools: BTreeMap<cairn_proto::PoolId, cairn_proto::Pool>,
+    meta_members: BTreeMap<NodeId, String>,
+    meta_leader: Option<NodeId>,
+}
+
+impl From<StateV2> for State {
+    fn from(s: StateV2) -> State {
+        State {
+            map: ClusterMap {
+                epoch: s.map.epoch,
+                osds: s.map.osds,
+                pools: s.map.pools,
+                meta_members: s.map.meta_members,
+                meta_leader: s.map.meta_leader,
+                moving: BTreeMap::new(),
+            },
+            next_pool: s.next_pool,
+            volumes: s.volumes,
+            next_volume: s.next_volume,
+            iscsi: s.iscsi,
+            ns: s.ns,
+            users: s.users,
+            migration_queue: BTreeSet::new(),
+        }
+    }
 }
 
 /// What a normal raft entry carries.
@@ -61,7 +110,11 @@ impl Proposal {
     }
 
     pub fn decode(b: &[u8]) -> Result<Proposal, String> {
-        unversioned(b)
+        match b.split_first() {
+            // Version 3 only added commands: a version 2 proposal reads the same.
+            Some((2, rest)) => bincode::deserialize(rest).map_err(|e| e.to_string()),
+            _ => unversioned(b),
+        }
     }
 }
 
@@ -98,6 +151,7 @@ impl State {
             // Time 0, not the clock: every bootstrapping replica must build the same state.
             ns: Namespace::new(0),
             users: UserDb::default(),
+            migration_queue: BTreeSet::new(),
         }
     }
 
@@ -123,6 +177,7 @@ impl State {
                 .map(MetaResponse::Ns)
                 .map_err(MetaError::Fs),
             MetaRead::Users => Ok(MetaResponse::Users(self.users.clone())),
+            MetaRead::Migrations => Ok(MetaResponse::Migrations(migrate::status(self))),
         }
     }
 
@@ -132,7 +187,13 @@ impl State {
     }
 
     pub fn decode(b: &[u8]) -> Result<State, MetaError> {
-        unversioned(b).map_err(|e| MetaError::corrupt("M/snap_data", e))
+        let r = match b.split_first() {
+            Some((2, rest)) => bincode::deserialize::<StateV2>(rest)
+                .map(State::from)
+                .map_err(|e| e.to_string()),
+            _ => unversioned(b),
+        };
+        r.map_err(|e| MetaError::corrupt("M/snap_data", e))
     }
 
     /// Apply one command. On error nothing has changed.
@@ -195,6 +256,7 @@ impl State {
                     .unwrap_or(i64::MAX)
                     .saturating_mul(1_000_000);
                 let r = self.ns.apply(op, now_ns).map_err(MetaError::Fs)?;
+                migrate::note_pins(self, op);
                 (MetaResult::Ns(r), false)
             }
             MetaCommand::User(c) => (user::apply(self, c, at_ms)?, false),
@@ -214,6 +276,7 @@ impl State {
                 };
                 (volume::create_nvdisk(self, v, at_ms)?, false)
             }
+            MetaCommand::Migrate(c) => migrate::apply(self, c, at_ms)?,
         };
         if changed {
             self.map.epoch += 1;
@@ -268,6 +331,7 @@ pub fn validate(cmd: &MetaCommand) -> Result<(), MetaError> {
             gateway,
             ..
         } => volume::validate_nvdisk(name, *size, *block_size, gateway),
+        MetaCommand::Migrate(c) => migrate::validate(c),
     }
 }
 
@@ -318,6 +382,36 @@ mod tests {
             cmd: pool("q", 1, 1, 1),
         };
         assert_eq!(Proposal::decode(&p.encode()).unwrap(), p);
+    }
+
+    #[test]
+    fn version_2_images_and_proposals_are_read() {
+        let mut s = fresh();
+        s.apply(&pool("p", 3, 2, 64), 5).unwrap();
+        s.apply(&boot(None, "o:1"), 5).unwrap();
+        // What version 2 wrote: the same fields without the map's moves and the queue.
+        let m = &s.map;
+        let v2 = (
+            (m.epoch, &m.osds, &m.pools, &m.meta_members, &m.meta_leader),
+            s.next_pool,
+            &s.volumes,
+            s.next_volume,
+            &s.iscsi,
+            &s.ns,
+            &s.users,
+        );
+        let mut img = vec![2u8];
+        bincode::serialize_into(&mut img, &v2).unwrap();
+        assert_eq!(State::decode(&img).unwrap(), s);
+        let p = Proposal {
+            at_ms: 7,
+            cmd: pool("q", 1, 1, 1),
+        };
+        let mut old = p.encode();
+        old[0] = 2;
+        assert_eq!(Proposal::decode(&old).unwrap(), p);
+        old[0] = 1;
+        assert!(Proposal::decode(&old).is_err());
     }
 
     #[test]

@@ -123,6 +123,40 @@ impl Namespace {
     }
 
     /// Answer a read.
+    /// The attributes of `ino`, if it is a file.
+    pub fn file_attr(&self, ino: Ino) -> Option<&InodeAttr> {
+        self.inodes
+            .get(&ino)
+            .map(|i| &i.attr)
+            .filter(|a| a.kind == FileKind::File)
+    }
+
+    pub fn is_dir(&self, ino: Ino) -> bool {
+        self.inodes
+            .get(&ino)
+            .is_some_and(|i| i.attr.kind == FileKind::Dir)
+    }
+
+    /// The pin of directory `ino` (`None` also when it is no directory).
+    pub fn dir_pin(&self, ino: Ino) -> Option<PoolId> {
+        self.inodes
+            .get(&ino)
+            .filter(|i| i.attr.kind == FileKind::Dir)
+            .and_then(|i| i.attr.pool)
+    }
+
+    /// Point file `ino`'s data at `pool`: a move of its data between pools is complete. Not a
+    /// change a user made, so no time changes. Returns whether `ino` is a file.
+    pub fn set_file_pool(&mut self, ino: Ino, pool: Option<PoolId>) -> bool {
+        match self.inodes.get_mut(&ino) {
+            Some(i) if i.attr.kind == FileKind::File => {
+                i.attr.pool = pool;
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn query(&self, q: &NsQuery) -> Result<NsReply, FsError> {
         match q {
             NsQuery::Lookup { parent, name } => self.lookup(*parent, name).map(NsReply::Attr),
