@@ -1,6 +1,6 @@
-//! Faults under a FUSE mount: an OSD killed with SIGKILL in the middle of a copy (the copy goes
-//! on; everything fsync'ed before and after is there), and a mount killed and remounted (the
-//! files it closed are whole, a clean SIGTERM unmounts).
+//! Faults under a FUSE mount: an OSD or the metadata leader killed with SIGKILL in the middle of
+//! a copy (the copy goes on; everything fsync'ed before and after is there), and a mount killed
+//! and remounted (the files it closed are whole, a clean SIGTERM unmounts).
 
 use anyhow::{ensure, Result};
 use cairn_tests::{bounded, is_mounted, run_cmd, serial, start_fs_cluster, ClusterOpts};
@@ -18,10 +18,26 @@ fn md5(p: &std::path::Path) -> Result<String> {
         .to_string())
 }
 
+/// Which daemon dies in the middle of the copy.
+#[derive(Clone, Copy)]
+enum Victim {
+    Osd,
+    MetaLeader,
+}
+
 #[test]
 fn osd_killed_during_a_copy() {
+    killed_during_a_copy(Victim::Osd);
+}
+
+#[test]
+fn metadata_leader_killed_during_a_copy() {
+    killed_during_a_copy(Victim::MetaLeader);
+}
+
+fn killed_during_a_copy(victim: Victim) {
     let _s = serial();
-    let (_rt, mut c) = start_fs_cluster(ClusterOpts::default()).expect("cluster");
+    let (rt, mut c) = start_fs_cluster(ClusterOpts::default()).expect("cluster");
     let m = c.mount("m", &[]).expect("mount");
     let root = m.dir.clone();
     let src = c.dir.path().join("src.bin");
@@ -42,6 +58,14 @@ fn osd_killed_during_a_copy() {
         f.write_all(&before).expect("write before");
         f.sync_all().expect("fsync before");
     }
+    let leader = rt
+        .block_on(async {
+            let map = c.client().await?.refresh_map().await?;
+            map.meta_leader
+                .ok_or_else(|| anyhow::anyhow!("no metadata leader in the map"))
+        })
+        .expect("leader") as usize
+        - 1;
     let (src2, root2) = (src.clone(), root.clone());
     let copy = std::thread::spawn(move || {
         run_cmd(
@@ -54,25 +78,35 @@ fn osd_killed_during_a_copy() {
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         !copy.is_finished(),
-        "the copy ended before the OSD was killed: the test would prove nothing"
+        "the copy ended before the kill: the test would prove nothing"
     );
-    c.osds[1].kill9();
+    match victim {
+        Victim::Osd => c.osds[1].kill9(),
+        Victim::MetaLeader => c.metas[leader].kill9(),
+    }
     let r = bounded(300, move || {
         copy.join().expect("copy thread")?;
         ensure!(
             md5(&src)? == md5(&root.join("copy.bin"))?,
-            "copy differs after an OSD died"
+            "copy differs after the kill"
         );
         ensure!(
             fs::read(root.join("before.bin"))? == before,
             "fsync'ed data lost"
         );
+        // The namespace still takes changes (a new leader serves them).
+        let after = root.join("after.txt");
+        fs::write(&after, b"after the kill")?;
+        ensure!(fs::read(&after)? == b"after the kill");
         Ok(())
     });
     if let Err(e) = r {
         panic!("{e:#}\n{}", c.logs());
     }
-    c.osds[1].start().expect("restart osd");
+    match victim {
+        Victim::Osd => c.osds[1].start().expect("restart osd"),
+        Victim::MetaLeader => c.metas[leader].start().expect("restart metadata replica"),
+    }
 }
 
 #[test]
