@@ -371,6 +371,96 @@ impl CairnS3 {
     }
 }
 
+impl CairnS3 {
+    /// PutObject; takes `body` when it starts storing it, so a refusal before that leaves it
+    /// for the caller to drain.
+    async fn put_object_with(
+        &self,
+        input: PutObjectInput,
+        body: &mut Option<StreamingBlob>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        super::store::key_components(&input.key)?;
+        let meta = new_meta(
+            input.metadata,
+            input.content_type,
+            input.content_encoding,
+            input.content_disposition,
+            input.content_language,
+            input.cache_control,
+            input.tagging.as_deref(),
+        )?;
+        if input.if_match.is_some() || input.if_none_match.is_some() {
+            match self.store.find(&input.bucket, &input.key).await {
+                Ok(f) => check_conditions(
+                    &f,
+                    input.if_match.as_ref(),
+                    input.if_none_match.as_ref(),
+                    None,
+                    None,
+                    false,
+                )?,
+                Err(e) if *e.code() == S3ErrorCode::NoSuchKey => {
+                    if input.if_match.is_some() {
+                        return Err(s3_error!(NoSuchKey));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if input.key.ends_with('/') {
+            if input.content_length.unwrap_or(0) > 0 {
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "a key ending in '/' names a directory and takes no data"
+                ));
+            }
+            let etag = self
+                .store
+                .put_dir_marker(&input.bucket, &input.key, meta)
+                .await?;
+            return Ok(S3Response::new(PutObjectOutput {
+                e_tag: Some(ETag::Strong(etag)),
+                ..Default::default()
+            }));
+        }
+        if input.content_length.is_some_and(|l| l as u64 > MAX_PUT) {
+            return Err(s3_error!(
+                EntityTooLarge,
+                "a single PUT is at most 5 GiB: use a multipart upload"
+            ));
+        }
+        let body = body.take().ok_or_else(|| s3_error!(IncompleteBody))?;
+        let expected_md5 = match input.content_md5 {
+            Some(m) => Some(
+                base64_simd::STANDARD
+                    .decode_to_vec(m.as_bytes())
+                    .map_err(|_| s3_error!(InvalidDigest))?,
+            ),
+            None => None,
+        };
+        let (meta, size) = self
+            .store
+            .put(&input.bucket, &input.key, body, meta)
+            .await?;
+        if let Some(len) = input.content_length {
+            if len as u64 != size {
+                let _ = self.store.delete(&input.bucket, &input.key).await;
+                return Err(s3_error!(IncompleteBody));
+            }
+        }
+        if let Some(want) = expected_md5 {
+            if hex::encode(want) != meta.etag {
+                let _ = self.store.delete(&input.bucket, &input.key).await;
+                return Err(s3_error!(BadDigest));
+            }
+        }
+        Ok(S3Response::new(PutObjectOutput {
+            e_tag: Some(ETag::Strong(meta.etag)),
+            ..Default::default()
+        }))
+    }
+}
+
 #[async_trait::async_trait]
 impl S3 for CairnS3 {
     // ------------------------------------------------------------------ buckets
@@ -599,92 +689,17 @@ impl S3 for CairnS3 {
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let mut input = req.input;
-        if let Err(e) = super::store::key_components(&input.key) {
-            // Read a small body before answering, so the connection stays in step for the
-            // client's next request instead of taking the unread body for one.
-            drain(input.body.take(), input.content_length).await;
-            return Err(e);
+        let mut body = input.body.take();
+        let len = input.content_length;
+        let r = self.put_object_with(input, &mut body).await;
+        if r.is_err() {
+            // A request refused before its body was read: read a small body before answering,
+            // so the connection stays in step for the client's next request instead of taking
+            // the unread body for one.
+            drain(body, len).await;
         }
-        let meta = new_meta(
-            input.metadata,
-            input.content_type,
-            input.content_encoding,
-            input.content_disposition,
-            input.content_language,
-            input.cache_control,
-            input.tagging.as_deref(),
-        )?;
-        if input.if_match.is_some() || input.if_none_match.is_some() {
-            match self.store.find(&input.bucket, &input.key).await {
-                Ok(f) => check_conditions(
-                    &f,
-                    input.if_match.as_ref(),
-                    input.if_none_match.as_ref(),
-                    None,
-                    None,
-                    false,
-                )?,
-                Err(e) if *e.code() == S3ErrorCode::NoSuchKey => {
-                    if input.if_match.is_some() {
-                        return Err(s3_error!(NoSuchKey));
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        if input.key.ends_with('/') {
-            if input.content_length.unwrap_or(0) > 0 {
-                return Err(s3_error!(
-                    InvalidArgument,
-                    "a key ending in '/' names a directory and takes no data"
-                ));
-            }
-            let etag = self
-                .store
-                .put_dir_marker(&input.bucket, &input.key, meta)
-                .await?;
-            return Ok(S3Response::new(PutObjectOutput {
-                e_tag: Some(ETag::Strong(etag)),
-                ..Default::default()
-            }));
-        }
-        if input.content_length.is_some_and(|l| l as u64 > MAX_PUT) {
-            return Err(s3_error!(
-                EntityTooLarge,
-                "a single PUT is at most 5 GiB: use a multipart upload"
-            ));
-        }
-        let body = input.body.ok_or_else(|| s3_error!(IncompleteBody))?;
-        let expected_md5 = match input.content_md5 {
-            Some(m) => Some(
-                base64_simd::STANDARD
-                    .decode_to_vec(m.as_bytes())
-                    .map_err(|_| s3_error!(InvalidDigest))?,
-            ),
-            None => None,
-        };
-        let (meta, size) = self
-            .store
-            .put(&input.bucket, &input.key, body, meta)
-            .await?;
-        if let Some(len) = input.content_length {
-            if len as u64 != size {
-                let _ = self.store.delete(&input.bucket, &input.key).await;
-                return Err(s3_error!(IncompleteBody));
-            }
-        }
-        if let Some(want) = expected_md5 {
-            if hex::encode(want) != meta.etag {
-                let _ = self.store.delete(&input.bucket, &input.key).await;
-                return Err(s3_error!(BadDigest));
-            }
-        }
-        Ok(S3Response::new(PutObjectOutput {
-            e_tag: Some(ETag::Strong(meta.etag)),
-            ..Default::default()
-        }))
+        r
     }
-
     async fn get_object(
         &self,
         req: S3Request<GetObjectInput>,
@@ -1096,10 +1111,18 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
-        let input = req.input;
-        let (dir, _) = self
+        let mut input = req.input;
+        let dir = match self
             .upload_dir(&input.bucket, &input.key, &input.upload_id)
-            .await?;
+            .await
+        {
+            Ok((dir, _)) => dir,
+            Err(e) => {
+                // As for PutObject: keep the connection in step.
+                drain(input.body.take(), input.content_length).await;
+                return Err(e);
+            }
+        };
         let body = input.body.ok_or_else(|| s3_error!(IncompleteBody))?;
         let etag = self.put_part(&dir, input.part_number, body).await?;
         if let Some(m) = input.content_md5 {
