@@ -445,7 +445,7 @@ impl Migrator {
             let after = Oid(first.0.wrapping_sub(1));
             let last = Oid::for_piece(PieceKind::File, hi, u64::MAX);
             let pages: Vec<Vec<(Oid, u64)>> = stream::iter(io.pool().pgs())
-                .map(|pg| io.list_range(pg, after, last))
+                .map(|pg| io.list_range(pg, Some(after), last))
                 .buffer_unordered(PARALLEL)
                 .try_collect()
                 .await?;

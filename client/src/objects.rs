@@ -250,8 +250,19 @@ impl PoolIo {
     }
 
     pub async fn list_pg(&self, pg: PgId) -> Result<Vec<(Oid, u64)>> {
+        self.list_range(pg, None, Oid(u128::MAX)).await
+    }
+
+    /// The objects of one placement group with ids in `(after, last]` (from the first when
+    /// `after` is `None`), in id order.
+    pub async fn list_range(
+        &self,
+        pg: PgId,
+        after: Option<Oid>,
+        last: Oid,
+    ) -> Result<Vec<(Oid, u64)>> {
         let mut out = Vec::new();
-        let mut after = None;
+        let mut after = after;
         loop {
             let r = self
                 .cluster
@@ -265,31 +276,6 @@ impl PoolIo {
             let OsdResponse::List { objects, more } = r else {
                 return Err(unexpected(r));
             };
-            after = objects.last().map(|o| o.0);
-            out.extend(objects);
-            if !more || after.is_none() {
-                return Ok(out);
-            }
-        }
-    }
-
-    /// The objects of one placement group with ids in `(after, last]`, in id order.
-    pub async fn list_range(&self, pg: PgId, after: Oid, last: Oid) -> Result<Vec<(Oid, u64)>> {
-        let mut out = Vec::new();
-        let mut after = after;
-        loop {
-            let r = self
-                .cluster
-                .call_primary(pg, |epoch| OsdRequest::List {
-                    epoch,
-                    pg,
-                    after: Some(after),
-                    limit: PAGE,
-                })
-                .await?;
-            let OsdResponse::List { objects, more } = r else {
-                return Err(unexpected(r));
-            };
             let Some(&(tail, _)) = objects.last() else {
                 return Ok(out);
             };
@@ -297,7 +283,7 @@ impl PoolIo {
             if !more || tail >= last {
                 return Ok(out);
             }
-            after = tail;
+            after = Some(tail);
         }
     }
 

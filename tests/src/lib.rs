@@ -624,6 +624,27 @@ pub fn start_fs_cluster(opts: ClusterOpts) -> Result<(tokio::runtime::Runtime, P
     Ok((rt, c))
 }
 
+/// The value of line `name` in the output of a `cairn ... stat` command (`"pool        fast"`
+/// gives `"fast"` for `"pool"`); empty when there is no such line.
+pub fn field(out: &str, name: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+        .unwrap_or_default()
+}
+
+/// Deterministic bytes that differ at every offset (xorshift from `seed`).
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// One test at a time in a test binary: each starts a whole cluster, and two cores do not run
 /// several well.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {

@@ -7,32 +7,13 @@ use anyhow::{ensure, Context, Result};
 use cairn_client::Cluster;
 use cairn_proto::map::MovePhase;
 use cairn_proto::PieceKind;
-use cairn_tests::{bounded, cairn_bin, serial, start_fs_cluster, ClusterOpts};
+use cairn_tests::{bounded, cairn_bin, field, pattern, serial, start_fs_cluster, ClusterOpts};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn field(out: &str, name: &str) -> String {
-    out.lines()
-        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-        .unwrap_or_default()
-}
-
-/// Deterministic bytes that differ at every offset.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// How many objects of file `ino` pool `pool` holds.
 fn objects_in(rt: &tokio::runtime::Runtime, c: &Cluster, pool: &str, ino: u64) -> Result<usize> {

@@ -4,14 +4,8 @@
 
 use anyhow::{ensure, Result};
 use cairn_proto::{Oid, PieceKind};
-use cairn_tests::{bounded, serial, start_fs_cluster, ClusterOpts};
+use cairn_tests::{bounded, field, serial, start_fs_cluster, ClusterOpts};
 use std::fs;
-
-fn field(out: &str, name: &str) -> String {
-    out.lines()
-        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-        .unwrap_or_default()
-}
 
 #[test]
 fn pinned_directories_place_new_files_in_their_pool() {
