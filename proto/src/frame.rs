@@ -140,16 +140,25 @@ pub fn parse(buf: &[u8]) -> Result<Parsed<'_>, FrameError> {
 pub fn encode_raw(out: &mut BytesMut, kind: Kind, opcode: u16, id: u64, body: &[u8]) {
     out.reserve(HEADER_LEN + body.len());
     let start = out.len();
-    out.put_slice(&MAGIC);
-    out.put_u8(VERSION);
-    out.put_u8(kind as u8);
-    out.put_u16(opcode);
-    out.put_u64(id);
-    out.put_u32(body.len() as u32);
-    out.put_u32(crc32fast::hash(body));
-    let hcrc = crc32fast::hash(&out[start..start + 24]);
-    out.put_u32(hcrc);
+    out.put_bytes(0, HEADER_LEN);
     out.put_slice(body);
+    seal(out, start, kind, opcode, id);
+}
+
+/// Write the header of the frame at `out[start..]`, whose body follows the header's space.
+fn seal(out: &mut BytesMut, start: usize, kind: Kind, opcode: u16, id: u64) {
+    let body_len = out.len() - start - HEADER_LEN;
+    let body_crc = crc32fast::hash(&out[start + HEADER_LEN..]);
+    let h = &mut out[start..start + HEADER_LEN];
+    h[..4].copy_from_slice(&MAGIC);
+    h[4] = VERSION;
+    h[5] = kind as u8;
+    h[6..8].copy_from_slice(&opcode.to_be_bytes());
+    h[8..16].copy_from_slice(&id.to_be_bytes());
+    h[16..20].copy_from_slice(&(body_len as u32).to_be_bytes());
+    h[20..24].copy_from_slice(&body_crc.to_be_bytes());
+    let hcrc = crc32fast::hash(&h[..24]);
+    h[24..28].copy_from_slice(&hcrc.to_be_bytes());
 }
 
 /// Errors encoding a message (a message too large for one frame).
@@ -157,16 +166,33 @@ pub fn encode_raw(out: &mut BytesMut, kind: Kind, opcode: u16, id: u64, body: &[
 #[error("message does not fit in a frame: {0}")]
 pub struct EncodeError(#[from] bincode::Error);
 
-pub fn encode_request(out: &mut BytesMut, id: u64, req: &Request) -> Result<(), EncodeError> {
-    let body = bincode_opts().serialize(req)?;
-    encode_raw(out, Kind::Request, req.opcode(), id, &body);
+/// Append a frame whose body is `msg` encoded straight into `out` (no intermediate buffer: a
+/// payload is copied once). On error `out` is left as it was.
+fn encode_msg<T: serde::Serialize>(
+    out: &mut BytesMut,
+    kind: Kind,
+    opcode: u16,
+    id: u64,
+    msg: &T,
+) -> Result<(), EncodeError> {
+    let size = bincode_opts().serialized_size(msg)? as usize;
+    out.reserve(HEADER_LEN + size);
+    let start = out.len();
+    out.put_bytes(0, HEADER_LEN);
+    if let Err(e) = bincode_opts().serialize_into((&mut *out).writer(), msg) {
+        out.truncate(start);
+        return Err(e.into());
+    }
+    seal(out, start, kind, opcode, id);
     Ok(())
 }
 
+pub fn encode_request(out: &mut BytesMut, id: u64, req: &Request) -> Result<(), EncodeError> {
+    encode_msg(out, Kind::Request, req.opcode(), id, req)
+}
+
 pub fn encode_response(out: &mut BytesMut, id: u64, resp: &Response) -> Result<(), EncodeError> {
-    let body = bincode_opts().serialize(resp)?;
-    encode_raw(out, Kind::Response, opcode::RESPONSE, id, &body);
-    Ok(())
+    encode_msg(out, Kind::Response, opcode::RESPONSE, id, resp)
 }
 
 /// Decode a request body; the opcode in the header must name the decoded family.
@@ -221,6 +247,26 @@ mod tests {
         };
         assert_eq!(header.kind, Kind::Response);
         assert_eq!(decode_response(body).unwrap(), Response::Pong);
+    }
+
+    #[test]
+    fn encoding_in_place_matches_encoding_a_body_and_refuses_oversize_cleanly() {
+        let mut direct = BytesMut::from(&b"xyz"[..]);
+        encode_request(&mut direct, 4, &sample()).unwrap();
+        let mut raw = BytesMut::from(&b"xyz"[..]);
+        let body = bincode_opts().serialize(&sample()).unwrap();
+        encode_raw(&mut raw, Kind::Request, sample().opcode(), 4, &body);
+        assert_eq!(direct, raw);
+        let huge = Request::Osd(OsdRequest::Mutate {
+            epoch: 1,
+            pool: PoolId(1),
+            oid: Oid(1),
+            op: ObjOp::WriteFull {
+                data: bytes::Bytes::from(vec![0u8; MAX_BODY + 1]),
+            },
+        });
+        assert!(encode_request(&mut direct, 5, &huge).is_err());
+        assert_eq!(direct, raw, "a refused message left bytes behind");
     }
 
     #[test]
