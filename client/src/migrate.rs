@@ -51,6 +51,10 @@ const LOCK_BYTE: u64 = u64::MAX - 1;
 /// Objects copied at once.
 const PARALLEL: usize = 4;
 
+/// Most moves in the cluster map at once (each stays there for its grace): bounds the map every
+/// client and OSD fetches at each step. A sweep waits for older moves to end past this.
+const MAX_MOVING: usize = 4096;
+
 /// Inodes further apart than this are listed separately (see [`Migrator::objects_of`]).
 const LIST_GAP: u64 = 64;
 
@@ -406,6 +410,14 @@ impl Migrator {
     }
 
     async fn move_batch(&self, files: Vec<MigrateFile>) -> Result<MigrateReport> {
+        // End the moves whose grace is over, and wait for room in the map.
+        loop {
+            self.end_expired().await?;
+            if self.status().await?.moving.len() + files.len() <= MAX_MOVING {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1).min(self.opts.grace)).await;
+        }
         let mut report = MigrateReport::default();
         let started = match self
             .step(MigrateCommand::Begin {
