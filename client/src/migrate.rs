@@ -36,7 +36,7 @@ use cairn_proto::msg::{
     MetaCommand, MetaRead, MetaRequest, MetaResponse, MetaResult, MigrateCommand, MigrateFile,
     MigrationStatus,
 };
-use cairn_proto::{Oid, PieceKind, PoolId};
+use cairn_proto::{ClusterMap, Oid, PieceKind, PoolId};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
@@ -156,10 +156,12 @@ impl Migrator {
             .await?)
     }
 
-    async fn io(&self, pool: PoolId) -> Option<PoolIo> {
-        let map = self.fs.cluster().refresh_map().await.ok()?;
-        let name = map.pools.get(&pool)?.name.clone();
-        self.fs.cluster().pool_io(&name).await.ok()
+    /// Object I/O on `pool` as `map` names it (`None`: the pool is gone).
+    async fn io(&self, map: &ClusterMap, pool: PoolId) -> Result<Option<PoolIo>> {
+        match map.pools.get(&pool) {
+            Some(p) => Ok(Some(self.fs.cluster().pool_io(&p.name).await?)),
+            None => Ok(None),
+        }
     }
 
     /// Take the migrator lock in lock session `session` (renewed by the caller). False when
@@ -277,7 +279,8 @@ impl Migrator {
         Ok(report)
     }
 
-    async fn end_expired(&self) -> Result<()> {
+    /// End the moves whose grace is over; returns how many moves stay in the map.
+    async fn end_expired(&self) -> Result<usize> {
         let st = self.status().await?;
         let now = now_ms();
         let grace = self.opts.grace.as_millis() as u64;
@@ -292,7 +295,7 @@ impl Migrator {
             .map(|(ino, _)| *ino)
             .collect();
         if done.is_empty() {
-            return Ok(());
+            return Ok(st.moving.len());
         }
         self.step(MigrateCommand::End { inos: done.clone() })
             .await?;
@@ -300,7 +303,7 @@ impl Migrator {
         done.iter().for_each(|i| {
             c.remove(i);
         });
-        Ok(())
+        Ok(st.moving.len() - done.len())
     }
 
     /// The pool new files in directory `dir` go to: its pin, else its nearest pinned
@@ -412,8 +415,7 @@ impl Migrator {
     async fn move_batch(&self, files: Vec<MigrateFile>) -> Result<MigrateReport> {
         // End the moves whose grace is over, and wait for room in the map.
         loop {
-            self.end_expired().await?;
-            if self.status().await?.moving.len() + files.len() <= MAX_MOVING {
+            if self.end_expired().await? + files.len() <= MAX_MOVING {
                 break;
             }
             tokio::time::sleep(Duration::from_secs(1).min(self.opts.grace)).await;
@@ -475,7 +477,9 @@ impl Migrator {
     async fn copy_and_switch(&self, ino: Ino, m: FileMove) -> Result<MigrateReport> {
         tracing::debug!(ino, from = %m.from, to = %m.to, "copying");
         let mut report = MigrateReport::default();
-        let (Some(from), Some(to)) = (self.io(m.from).await, self.io(m.to).await) else {
+        let map = self.fs.cluster().refresh_map().await?;
+        let (Some(from), Some(to)) = (self.io(&map, m.from).await?, self.io(&map, m.to).await?)
+        else {
             // A pool went: nothing can be copied; give the move up (the data stays).
             self.step(MigrateCommand::End { inos: vec![ino] }).await?;
             report.files_skipped += 1;
@@ -534,11 +538,12 @@ impl Migrator {
                 Err(e) => return Err(e),
             },
         };
+        let map = self.fs.cluster().refresh_map().await?;
         for (yes, pool) in [(old, m.from), (new, m.to)] {
             if !yes {
                 continue;
             }
-            if let Some(io) = self.io(pool).await {
+            if let Some(io) = self.io(&map, pool).await? {
                 let objects = self.objects_of(&io, &[ino]).await?.remove(&ino);
                 stream::iter(objects.unwrap_or_default())
                     .map(|oid| {
