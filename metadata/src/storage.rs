@@ -1,16 +1,23 @@
 //! The raft log and hard state on sled, implementing [`raft::Storage`].
 //!
-//! Layout (one sled tree, so each batch below is atomic):
+//! Layout (two sled trees; a snapshot is written to both in one transaction, everything else
+//! in one batch of the default tree, so each step below is atomic):
 //!
 //! ```text
-//! key                     value
-//! "M/version"             record(u32 BE format version, currently 1)
-//! "M/hs"                  record(eraftpb::HardState, protobuf)
-//! "M/snap_meta"           record(eraftpb::SnapshotMetadata, protobuf): index, term, conf state
-//! "M/snap_data"           record(state-machine image, see `state::State::encode`)
-//! "L" ++ index (u64 BE)   record(eraftpb::Entry, protobuf)
+//! tree      key                     value
+//! default   "M/version"             record(u32 BE format version, currently 2)
+//! default   "M/hs"                  record(eraftpb::HardState, protobuf)
+//! default   "M/snap_meta"           record(eraftpb::SnapshotMetadata, protobuf): index, term, conf state
+//! default   "L" ++ index (u64 BE)   record(eraftpb::Entry, protobuf)
+//! "snap"    "M/snap_data"           record(state-machine image, see `state::State::encode`)
 //! record(x) = crc32(x) (u32 BE) ++ x          (sled keeps the length)
 //! ```
+//!
+//! The image has a tree of its own because sled rewrites a whole leaf page on every change to
+//! any key in it: with the image beside the log's last entries and the hard state, every
+//! append rewrote the image too (hundreds of KiB per raft write, a new sled blob file each
+//! time; a metadata replica grew to 510 MB during a migration). Format 1 kept the image in the
+//! default tree; it is moved on open.
 //!
 //! The log always starts right after the latest snapshot: taking a snapshot deletes the entries it
 //! covers, so `first_index == snapshot.index + 1`, and the snapshot's conf state is the
@@ -24,12 +31,16 @@ use crate::error::MetaError;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
+use sled::transaction::{ConflictableTransactionResult, TransactionError};
+use sled::Transactional;
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
+const SNAP_TREE: &[u8] = b"snap";
 const KEY_VERSION: &[u8] = b"M/version";
 const KEY_HS: &[u8] = b"M/hs";
 const KEY_SNAP_META: &[u8] = b"M/snap_meta";
@@ -74,6 +85,33 @@ fn decode_pb<M: protobuf::Message>(key: &str, v: &[u8]) -> Result<M, MetaError> 
     M::parse_from_bytes(unrecord(key, v)?).map_err(|e| MetaError::corrupt(key, e))
 }
 
+/// The transactions here never abort (`Infallible`), so only storage errors come out.
+fn transaction_err(e: TransactionError<Infallible>) -> MetaError {
+    match e {
+        TransactionError::Storage(e) => e.into(),
+        TransactionError::Abort(never) => match never {},
+    }
+}
+
+/// Format 1 kept the snapshot image in the default tree: move it to its own.
+fn migrate_v1(db: &sled::Db, snap_tree: &sled::Tree) -> Result<(), MetaError> {
+    let image = db.get(KEY_SNAP_DATA)?;
+    (&**db, snap_tree)
+        .transaction(
+            |(log, snap)| -> ConflictableTransactionResult<(), Infallible> {
+                if let Some(v) = &image {
+                    snap.insert(KEY_SNAP_DATA, v.clone())?;
+                    log.remove(KEY_SNAP_DATA)?;
+                }
+                log.insert(KEY_VERSION, record(&FORMAT_VERSION.to_be_bytes()))?;
+                Ok(())
+            },
+        )
+        .map_err(transaction_err)?;
+    db.flush()?;
+    Ok(())
+}
+
 fn store_err(e: MetaError) -> raft::Error {
     raft::Error::Store(StorageError::Other(Box::new(e)))
 }
@@ -89,6 +127,8 @@ fn conf_contains(cs: &ConfState, id: u64) -> bool {
 
 pub struct RaftStore {
     db: sled::Db,
+    /// The tree holding only the snapshot image.
+    snap_tree: sled::Tree,
     hs: HardState,
     /// The latest snapshot's metadata; also where the log was truncated.
     snap: SnapshotMetadata,
@@ -125,6 +165,7 @@ impl RaftStore {
                 Err(e) => return Err(e.into()),
             }
         };
+        let snap_tree = db.open_tree(SNAP_TREE)?;
         match db.get(KEY_VERSION)? {
             None => {
                 db.insert(KEY_VERSION, record(&FORMAT_VERSION.to_be_bytes()))?;
@@ -134,11 +175,15 @@ impl RaftStore {
                 let version = <[u8; 4]>::try_from(p)
                     .map(u32::from_be_bytes)
                     .map_err(|_| MetaError::corrupt("M/version", "not 4 bytes"))?;
-                if version != FORMAT_VERSION {
-                    return Err(MetaError::corrupt(
-                        "M/version",
-                        format!("unknown format version {version}"),
-                    ));
+                match version {
+                    FORMAT_VERSION => {}
+                    1 => migrate_v1(&db, &snap_tree)?,
+                    _ => {
+                        return Err(MetaError::corrupt(
+                            "M/version",
+                            format!("unknown format version {version}"),
+                        ))
+                    }
                 }
             }
         }
@@ -168,6 +213,7 @@ impl RaftStore {
         }
         let store = RaftStore {
             db,
+            snap_tree,
             hs,
             snap,
             terms,
@@ -210,7 +256,7 @@ impl RaftStore {
 
     /// The state-machine image of the latest snapshot.
     pub fn snapshot_data(&self) -> Result<Vec<u8>, MetaError> {
-        match self.db.get(KEY_SNAP_DATA)? {
+        match self.snap_tree.get(KEY_SNAP_DATA)? {
             Some(v) => Ok(unrecord("M/snap_data", &v)?.to_vec()),
             None => Ok(Vec::new()),
         }
@@ -317,8 +363,16 @@ impl RaftStore {
         hs.term = hs.term.max(meta.term);
         batch.insert(KEY_HS, pb_record(&hs)?);
         batch.insert(KEY_SNAP_META, pb_record(&meta)?);
-        batch.insert(KEY_SNAP_DATA, record(data));
-        self.db.apply_batch(batch)?;
+        let image = record(data);
+        (&*self.db, &self.snap_tree)
+            .transaction(
+                |(log, snap)| -> ConflictableTransactionResult<(), Infallible> {
+                    log.apply_batch(&batch)?;
+                    snap.insert(KEY_SNAP_DATA, image.as_slice())?;
+                    Ok(())
+                },
+            )
+            .map_err(transaction_err)?;
         if replace_log {
             self.terms.clear();
         } else {
@@ -497,6 +551,50 @@ mod tests {
         );
         // A size limit still returns at least one entry.
         assert_eq!(s.entries(6, 8, Some(1), ctx()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn appends_leave_the_image_alone_and_format_1_is_moved_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = vec![7u8; 300 << 10];
+        {
+            let mut s = RaftStore::open(dir.path()).unwrap();
+            s.bootstrap(vec![1], image.clone()).unwrap();
+            // The image is not in the tree the log and hard state live in.
+            assert!(s.db.get(KEY_SNAP_DATA).unwrap().is_none());
+            for i in 0..200u64 {
+                s.append(&[entry(BOOTSTRAP_INDEX + 1 + i, 6, b"x")])
+                    .unwrap();
+                s.set_commit(BOOTSTRAP_INDEX + 1 + i).unwrap();
+                s.flush().unwrap();
+            }
+            // Beside the log, each append rewrote the image: 14 MB here after 200 appends (sled
+            // collects some); apart, under 1 MB.
+            let size: u64 = walk_size(dir.path());
+            assert!(size < 4 << 20, "the store holds {size} bytes");
+            // What format 1 looked like: the image in the default tree.
+            let img = s.snap_tree.remove(KEY_SNAP_DATA).unwrap().unwrap();
+            s.db.insert(KEY_SNAP_DATA, img).unwrap();
+            s.db.insert(KEY_VERSION, record(&1u32.to_be_bytes()))
+                .unwrap();
+            s.flush().unwrap();
+        }
+        let s = RaftStore::open(dir.path()).unwrap();
+        assert_eq!(s.snapshot_data().unwrap(), image);
+        assert!(s.db.get(KEY_SNAP_DATA).unwrap().is_none());
+        assert_eq!(s.last_index().unwrap(), BOOTSTRAP_INDEX + 200);
+    }
+
+    fn walk_size(p: &Path) -> u64 {
+        std::fs::read_dir(p)
+            .unwrap()
+            .flatten()
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => walk_size(&e.path()),
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            })
+            .sum()
     }
 
     #[test]
