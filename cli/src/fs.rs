@@ -6,9 +6,11 @@ use anyhow::{bail, Context, Result};
 use cairn_client::migrate::{self, MigrateOptions, Migrator};
 use cairn_client::FsClient;
 use cairn_proto::fs::{FileKind, NsOp, NsResult};
+use cairn_proto::map::MovePhase;
 use clap::Subcommand;
+use std::time::{Duration, Instant};
 
-use crate::util::connect;
+use crate::util::{connect, human_bytes};
 
 #[derive(Subcommand)]
 pub enum FsCmd {
@@ -83,29 +85,7 @@ pub async fn run(meta: Vec<String>, cmd: FsCmd) -> Result<()> {
             .await?;
             println!("{path}: unpinned; its files move back in the background");
         }
-        FsCmd::Migrate { grace_secs } => {
-            let m = Migrator::new(
-                fs,
-                MigrateOptions {
-                    grace: std::time::Duration::from_secs(grace_secs),
-                    ..Default::default()
-                },
-            );
-            let mut last = String::new();
-            let total = m
-                .run_until_idle(|_, st| {
-                    let line = migrate::describe(st);
-                    if line != last {
-                        eprintln!("{line}");
-                        last = line;
-                    }
-                })
-                .await?;
-            println!(
-                "moved {} files ({} bytes copied); {} left in place (hard links); {} directories swept",
-                total.files_moved, total.bytes_copied, total.files_skipped, total.dirs_swept
-            );
-        }
+        FsCmd::Migrate { grace_secs } => migrate_until_idle(fs, grace_secs).await?,
         FsCmd::Stat { path } => {
             dir_of(&path)?;
             let attr = fs
@@ -143,6 +123,96 @@ pub async fn run(meta: Vec<String>, cmd: FsCmd) -> Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// `cairn fs migrate`: move what the pins say, showing progress against what was left to do
+/// when it started; every file that could not be moved is named, and makes the exit status 1.
+async fn migrate_until_idle(fs: FsClient, grace_secs: u64) -> Result<()> {
+    let grace = Duration::from_secs(grace_secs);
+    if grace < cairn_client::LAYOUT_TTL {
+        eprintln!(
+            "warning: a grace under {} s lets a client that remembered a moved file's old pool \
+             read holes after the move ends",
+            cairn_client::LAYOUT_TTL.as_secs()
+        );
+    }
+    let m = Migrator::new(
+        fs,
+        MigrateOptions {
+            grace,
+            ..Default::default()
+        },
+    );
+    let plan = m.plan().await?;
+    let st0 = m.status().await?;
+    eprintln!(
+        "to move: {} files, {}{}",
+        plan.files,
+        human_bytes(plan.bytes),
+        if plan.skipped > 0 {
+            format!(
+                "; {} files with more than one link stay where they are",
+                plan.skipped
+            )
+        } else {
+            String::new()
+        }
+    );
+    let start = Instant::now();
+    let mut last: Option<Instant> = None;
+    let mut line = String::new();
+    let total = m
+        .run_until_idle(|_, st| {
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return;
+            }
+            last = Some(Instant::now());
+            let files = st.files_moved.saturating_sub(st0.files_moved);
+            let bytes = st.bytes_moved.saturating_sub(st0.bytes_moved);
+            let secs = start.elapsed().as_secs_f64().max(0.001);
+            let copying = st
+                .moving
+                .iter()
+                .filter(|(_, m)| m.phase == MovePhase::Copying)
+                .count();
+            let waiting = st.moving.len() - copying;
+            let ends = migrate::grace_left_ms(st, grace)
+                .map(|ms| format!(" (the last ends in {} s)", ms.div_ceil(1000)))
+                .unwrap_or_default();
+            let now = format!(
+                "moved {files} of {} files, {} of {} ({}/s); {} directories queued, {copying} \
+                 copying, {waiting} in their grace period{ends}",
+                plan.files,
+                human_bytes(bytes),
+                human_bytes(plan.bytes),
+                human_bytes((bytes as f64 / secs) as u64),
+                st.queued_dirs.len(),
+            );
+            if now != line {
+                eprintln!("{now}");
+                line = now;
+            }
+        })
+        .await?;
+    println!(
+        "moved {} files ({} copied) in {:.1} s; {} left in place (hard links or a pool gone); \
+         {} directories swept",
+        total.files_moved,
+        human_bytes(total.bytes_copied),
+        start.elapsed().as_secs_f64(),
+        total.files_skipped,
+        total.dirs_swept
+    );
+    if !total.failures.is_empty() {
+        for f in &total.failures {
+            eprintln!("{f}");
+        }
+        bail!(
+            "{} files could not be moved (named above); each stays where it was",
+            total.failures.len()
+        );
     }
     Ok(())
 }

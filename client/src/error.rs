@@ -18,6 +18,21 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("unexpected reply: {0}")]
     Protocol(String),
+    /// A migrator's copy of an object differs from what it read (see `migrate`).
+    #[error(
+        "the copy of object {oid} does not verify: {size} bytes with crc32 {crc:08x}, where \
+         {want_size} bytes with crc32 {want_crc:08x} were read"
+    )]
+    CopyMismatch {
+        oid: Oid,
+        size: u64,
+        crc: u32,
+        want_size: u64,
+        want_crc: u32,
+    },
+    /// An object of a file being moved disappeared from the old pool while it was copied.
+    #[error("object {oid} vanished from the old pool during its copy")]
+    Vanished { oid: Oid },
 }
 
 impl ClientError {

@@ -5,6 +5,7 @@
 use crate::cluster::Cluster;
 use crate::error::{ClientError, Result};
 use bytes::{Bytes, BytesMut};
+use cairn_proto::map::MoveFence;
 use cairn_proto::msg::{OsdRequest, OsdResponse};
 use cairn_proto::object::QueryHit;
 use cairn_proto::{Filter, ObjOp, ObjectStat, Oid, OsdId, PgId, Pool, Value};
@@ -19,6 +20,8 @@ const PAGE: u32 = 1000;
 pub struct PoolIo {
     cluster: Cluster,
     pool: Pool,
+    /// Carried by every object request (a migrator's copy of a moving file).
+    fence: Option<MoveFence>,
 }
 
 impl Cluster {
@@ -27,6 +30,7 @@ impl Cluster {
         Ok(PoolIo {
             cluster: self.clone(),
             pool: self.pool(name).await?,
+            fence: None,
         })
     }
 }
@@ -40,13 +44,22 @@ impl PoolIo {
         &self.pool
     }
 
+    /// The same pool, every object request carrying `fence` (see [`MoveFence`]): what a
+    /// migrator copies a moving file's data with.
+    pub fn fenced(&self, fence: MoveFence) -> PoolIo {
+        PoolIo {
+            fence: Some(fence),
+            ..self.clone()
+        }
+    }
+
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
     }
 
     /// Apply one mutation; returns the placement-group version it got.
     pub async fn mutate(&self, oid: Oid, op: ObjOp) -> Result<u64> {
-        let pool = self.pool.id;
+        let (pool, fence) = (self.pool.id, self.fence);
         let pg = self.pool.pg_of(oid);
         match self
             .cluster
@@ -55,6 +68,7 @@ impl PoolIo {
                 pool,
                 oid,
                 op: op.clone(),
+                fence,
             })
             .await?
         {
@@ -128,17 +142,36 @@ impl PoolIo {
     }
 
     pub async fn stat(&self, oid: Oid) -> Result<ObjectStat> {
-        let pool = self.pool.id;
+        let (pool, fence) = (self.pool.id, self.fence);
         match self
             .cluster
             .call_primary(self.pool.pg_of(oid), |epoch| OsdRequest::Stat {
                 epoch,
                 pool,
                 oid,
+                fence,
             })
             .await?
         {
             OsdResponse::Stat(s) => Ok(s),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// The object's size and the crc32 of its bytes, computed by its primary (no data moves).
+    pub async fn digest(&self, oid: Oid) -> Result<(u64, u32)> {
+        let (pool, fence) = (self.pool.id, self.fence);
+        match self
+            .cluster
+            .call_primary(self.pool.pg_of(oid), |epoch| OsdRequest::Digest {
+                epoch,
+                pool,
+                oid,
+                fence,
+            })
+            .await?
+        {
+            OsdResponse::Digest { size, crc32 } => Ok((size, crc32)),
             r => Err(unexpected(r)),
         }
     }
@@ -163,7 +196,7 @@ impl PoolIo {
     }
 
     async fn read_piece(&self, oid: Oid, offset: u64, len: u32) -> Result<Bytes> {
-        let pool = self.pool.id;
+        let (pool, fence) = (self.pool.id, self.fence);
         match self
             .cluster
             .call_primary(self.pool.pg_of(oid), |epoch| OsdRequest::Read {
@@ -172,6 +205,7 @@ impl PoolIo {
                 oid,
                 offset,
                 len,
+                fence,
             })
             .await?
         {

@@ -23,14 +23,23 @@ pub struct PgSlot {
 /// What the primary knows about a placement group.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PgRt {
-    /// The map epoch peering last finished at (`None`: not peered as primary). Every new map
-    /// means a new peering round: an intermediate map we never saw may have had another primary.
+    /// The map epoch peering last started from (`None`: not peered as primary). A map with a
+    /// placement change after it means a new peering round (an intermediate map we never saw
+    /// may have had another primary); maps that changed only other things (file moves) do not
+    /// (see `ClusterMap::same_interval`).
     pub peered_epoch: Option<u64>,
     pub peering: bool,
     /// Members being brought up to date.
     pub recovering: BTreeSet<OsdId>,
     /// Set when someone asked for a new peering round (a stray that is ahead, a failed round).
     pub repeer: bool,
+}
+
+impl PgRt {
+    /// Whether the last peering still holds under `map` (same placement interval).
+    pub fn peered_for(&self, map: &ClusterMap) -> bool {
+        self.peered_epoch.is_some_and(|p| map.same_interval(p))
+    }
 }
 
 impl PgSlot {
@@ -41,7 +50,7 @@ impl PgSlot {
     /// Whether the primary may serve client I/O under `map`.
     pub fn active_for(&self, map: &ClusterMap) -> bool {
         let rt = self.rt();
-        !rt.peering && rt.peered_epoch == Some(map.epoch)
+        !rt.peering && rt.peered_for(map)
     }
 
     /// The semaphore bounding unacknowledged remote writes to `window`.
@@ -72,7 +81,7 @@ impl PgSlot {
             return PgState::Inactive;
         }
         let rt = self.rt();
-        if rt.peering || rt.peered_epoch != Some(map.epoch) {
+        if rt.peering || !rt.peered_for(map) {
             return PgState::Peering;
         }
         if !rt.recovering.is_empty() {

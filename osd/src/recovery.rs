@@ -62,7 +62,7 @@ impl Worker for PeeringWorker {
                     rt.recovering.clear();
                     continue;
                 }
-                if rt.peered_epoch != Some(map.epoch) || rt.repeer {
+                if !rt.peered_for(&map) || rt.repeer {
                     todo.push(pg);
                 }
             }
@@ -187,12 +187,7 @@ async fn peer_pg_locked(
 ) -> Result<BTreeSet<OsdId>> {
     let slot = sh.pgs.get(pg);
     let _g = slot.lock.lock().await;
-    if sh.map().epoch != map.epoch {
-        return Err(Error::Wire(WireError::StaleEpoch {
-            ours: map.epoch,
-            theirs: sh.map().epoch,
-        }));
-    }
+    check_still(sh, map)?;
     let mine = sh.store.pg_info(pg)?;
     let best = peers
         .iter()
@@ -476,13 +471,13 @@ impl Worker for RecoveryWorker {
                     self.cursors.remove(&(pg, target));
                     let slot = sh.pgs.get(pg);
                     let mut rt = slot.rt();
-                    if rt.peered_epoch == Some(map.epoch) {
+                    if rt.peered_for(&sh.map()) {
                         rt.recovering.remove(&target);
                     }
                 }
                 Err(e) => failed = Some(e),
             }
-            if sh.map().epoch != map.epoch {
+            if !sh.map().same_interval(map.epoch) {
                 break;
             }
         }
@@ -608,12 +603,12 @@ fn count_push(sh: &Shared, bytes: u64) {
     sh.stats.bytes_recovered.fetch_add(bytes, Ordering::Relaxed);
 }
 
-/// Stop recovering under a map that is no longer current.
+/// Stop peering or recovering under a map whose placement interval is over.
 fn check_still(sh: &Shared, map: &ClusterMap) -> Result<()> {
-    let now = sh.map().epoch;
-    if now != map.epoch {
+    let now = sh.map();
+    if !now.same_interval(map.epoch) {
         return Err(Error::Wire(WireError::StaleEpoch {
-            ours: now,
+            ours: now.epoch,
             theirs: map.epoch,
         }));
     }

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::server::Shared;
 use crate::stats::Stats;
 use crate::store::{log_entry, now_micros, Mutation};
-use cairn_proto::map::WriteMode;
+use cairn_proto::map::{Access, MoveFence, MoveRefusal, WriteMode};
 use cairn_proto::msg::{LogEntry, ObjectPiece, OsdRequest, OsdResponse, PeerRequest, PeerResponse};
 use cairn_proto::object::QueryHit;
 use cairn_proto::rpc::RpcError;
@@ -38,7 +38,8 @@ pub(crate) async fn handle_client(
             pool,
             oid,
             op,
-        } => mutate(sh, epoch, pool, oid, op)
+            fence,
+        } => mutate(sh, epoch, pool, oid, op, fence)
             .await
             .map(|version| OsdResponse::Mutated { version }),
         OsdRequest::Read {
@@ -47,22 +48,43 @@ pub(crate) async fn handle_client(
             oid,
             offset,
             len,
+            fence,
         } => {
-            let (_, pg) = locate(sh, epoch, pool, oid).await?;
-            check_moving(&sh.map(), pool, oid, true, false)?;
+            let (_, pg, at) = locate(sh, epoch, pool, oid).await?;
+            check_moving(&sh.map(), pool, oid, fence, Access::Read)?;
             Stats::inc(&sh.stats.reads);
-            read_repairing(sh, pg, oid, offset, u64::from(len), false)
+            let data = read_repairing(sh, pg, oid, offset, u64::from(len), false)
                 .await
-                .map(OsdResponse::Data)
-                .map_err(|e| sh.wire(e))
+                .map_err(|e| sh.wire(e))?;
+            still_at(sh, at)?;
+            Ok(OsdResponse::Data(data))
         }
-        OsdRequest::Stat { epoch, pool, oid } => {
-            let (_, pg) = locate(sh, epoch, pool, oid).await?;
-            check_moving(&sh.map(), pool, oid, true, false)?;
-            match sh.store.stat(pg, oid).map_err(|e| sh.wire(e))? {
+        OsdRequest::Stat {
+            epoch,
+            pool,
+            oid,
+            fence,
+        } => {
+            let (_, pg, at) = locate(sh, epoch, pool, oid).await?;
+            check_moving(&sh.map(), pool, oid, fence, Access::Read)?;
+            let stat = sh.store.stat(pg, oid).map_err(|e| sh.wire(e))?;
+            still_at(sh, at)?;
+            match stat {
                 Some(s) => Ok(OsdResponse::Stat(s)),
                 None => Err(WireError::NoSuchObject { oid }),
             }
+        }
+        OsdRequest::Digest {
+            epoch,
+            pool,
+            oid,
+            fence,
+        } => {
+            let (_, pg, at) = locate(sh, epoch, pool, oid).await?;
+            check_moving(&sh.map(), pool, oid, fence, Access::Read)?;
+            let d = digest(sh, pg, oid).await?;
+            still_at(sh, at)?;
+            Ok(d)
         }
         OsdRequest::List {
             epoch,
@@ -126,13 +148,14 @@ pub(crate) async fn handle_client(
     }
 }
 
-/// Epoch and primary checks for a client op on one object; returns its pool and PG.
+/// Epoch and primary checks for a client op on one object; returns its pool and PG, and the
+/// epoch of the map it was checked against.
 async fn locate(
     sh: &Arc<Shared>,
     epoch: u64,
     pool: PoolId,
     oid: Oid,
-) -> Result<(Pool, PgId), WireError> {
+) -> Result<(Pool, PgId, u64), WireError> {
     let map = sh.check_epoch(epoch).await?;
     let pool = map.pools.get(&pool).cloned().ok_or(WireError::NotFound {
         kind: "pool".into(),
@@ -140,22 +163,64 @@ async fn locate(
     })?;
     let pg = pool.pg_of(oid);
     check_serving(sh, &map, pg)?;
-    Ok((pool, pg))
+    Ok((pool, pg, map.epoch))
 }
 
-/// Refuse an operation on the objects of a file whose data is moving away from `pool` (see
-/// `ClusterMap::moving`): the client reads the file's attributes again and follows them.
+/// Refuse what the map's file moves forbid (see `ClusterMap::check_move`): a client then reads
+/// the file's attributes again and follows them; a migrator whose fence is stale stops.
 fn check_moving(
     map: &ClusterMap,
     pool: PoolId,
     oid: Oid,
-    read_only: bool,
-    delete: bool,
+    fence: Option<MoveFence>,
+    access: Access,
 ) -> Result<(), WireError> {
-    match map.moving_refuses(pool, oid, read_only, delete) {
-        Some(ino) => Err(WireError::Moved { ino }),
-        None => Ok(()),
+    map.check_move(pool, oid, fence, access)
+        .map_err(|r| match r {
+            MoveRefusal::Moved { ino } => WireError::Moved { ino },
+            MoveRefusal::Fenced { ino } => WireError::Fenced { ino },
+        })
+}
+
+/// A read checked against our map of `epoch` must not answer if the map changed while it read:
+/// a step of a file move (the old objects deleted once the file switched) may have run in
+/// between, and the client must see the new map's refusal rather than a hole. (Mutations are
+/// checked under the PG lock instead.)
+fn still_at(sh: &Shared, epoch: u64) -> Result<(), WireError> {
+    let ours = sh.map().epoch;
+    if ours != epoch {
+        return Err(WireError::StaleEpoch {
+            ours,
+            theirs: epoch,
+        });
     }
+    Ok(())
+}
+
+/// Size and crc32 of an object's bytes, read (and checksum-verified, repaired if need be) in
+/// pieces on this OSD.
+async fn digest(sh: &Arc<Shared>, pg: PgId, oid: Oid) -> Result<OsdResponse, WireError> {
+    let size = match sh.store.stat(pg, oid).map_err(|e| sh.wire(e))? {
+        Some(s) => s.size,
+        None => return Err(WireError::NoSuchObject { oid }),
+    };
+    let mut crc = crc32fast::Hasher::new();
+    let mut off = 0;
+    while off < size {
+        let n = (size - off).min(PIECE);
+        let piece = read_repairing(sh, pg, oid, off, n, false)
+            .await
+            .map_err(|e| sh.wire(e))?;
+        if piece.is_empty() {
+            break;
+        }
+        crc.update(&piece);
+        off += piece.len() as u64;
+    }
+    Ok(OsdResponse::Digest {
+        size: off,
+        crc32: crc.finalize(),
+    })
 }
 
 /// We must be the primary, done peering.
@@ -174,20 +239,20 @@ async fn mutate(
     pool_id: PoolId,
     oid: Oid,
     op: ObjOp,
+    fence: Option<MoveFence>,
 ) -> Result<u64, WireError> {
-    let (pool, pg) = locate(sh, epoch, pool_id, oid).await?;
+    let (pool, pg, _) = locate(sh, epoch, pool_id, oid).await?;
     let slot = sh.pgs.get(pg);
     let _order = slot.lock.lock().await;
     // The map may have moved while we waited for the lock.
     let map = sh.map();
-    if map.epoch != epoch {
-        return Err(WireError::StaleEpoch {
-            ours: map.epoch,
-            theirs: epoch,
-        });
-    }
+    crate::server::epoch_ok(&map, epoch)?;
     check_serving(sh, &map, pg)?;
-    check_moving(&map, pool_id, oid, false, matches!(op, ObjOp::Delete))?;
+    let access = match op {
+        ObjOp::Delete => Access::Delete,
+        _ => Access::Write,
+    };
+    check_moving(&map, pool_id, oid, fence, access)?;
     let up = map.pg_up(pg);
     if up.len() < usize::from(pool.min_size) {
         return Err(WireError::Degraded {

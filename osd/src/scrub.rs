@@ -62,7 +62,7 @@ impl ScrubWorker {
                 let _g = slot.lock.lock().await;
                 // A write since our scan explains the difference; the next pass looks again.
                 let now = sh.store.stat(pg, mine.oid)?.map(|s| s.version);
-                if now != Some(mine.version) || sh.map().epoch != map.epoch {
+                if now != Some(mine.version) || !sh.map().same_interval(map.epoch) {
                     continue;
                 }
                 Stats::inc(&sh.stats.scrub_errors);

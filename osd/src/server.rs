@@ -101,25 +101,15 @@ impl Shared {
         Ok(self.map())
     }
 
-    /// A client request's epoch must equal ours (after catching up if theirs is newer).
+    /// A client request's epoch must be ours (after catching up if theirs is newer), or an
+    /// older one of the same placement interval: then the client's placement is ours, and what
+    /// changed since (file moves) is checked against our map, not theirs.
     pub async fn check_epoch(&self, theirs: u64) -> Result<Arc<ClusterMap>, WireError> {
-        let mut map = self.map();
-        if theirs > map.epoch {
-            map = self
-                .refresh_map_to(theirs)
-                .await
-                .map_err(|e| self.wire(e))?;
-        }
-        if theirs != map.epoch {
-            return Err(WireError::StaleEpoch {
-                ours: map.epoch,
-                theirs,
-            });
-        }
-        Ok(map)
+        self.check_peer_epoch(theirs).await
     }
 
-    /// A peer's epoch may not be older than ours; a newer one makes us catch up.
+    /// A peer's epoch may not be older than ours unless it is of the same placement interval;
+    /// a newer one makes us catch up.
     pub async fn check_peer_epoch(&self, theirs: u64) -> Result<Arc<ClusterMap>, WireError> {
         let mut map = self.map();
         if theirs > map.epoch {
@@ -128,12 +118,7 @@ impl Shared {
                 .await
                 .map_err(|e| self.wire(e))?;
         }
-        if theirs < map.epoch {
-            return Err(WireError::StaleEpoch {
-                ours: map.epoch,
-                theirs,
-            });
-        }
+        epoch_ok(&map, theirs)?;
         Ok(map)
     }
 
@@ -669,4 +654,16 @@ impl Worker for Checkpointer {
             _ = self.0.durable.checkpoint_wanted() => {}
         }
     }
+}
+
+/// Whether a request made under the map of epoch `theirs` may run under `map` (ours, at least
+/// as new): the same epoch, or an older one with no placement change since.
+pub(crate) fn epoch_ok(map: &ClusterMap, theirs: u64) -> Result<(), WireError> {
+    if theirs == map.epoch || map.same_interval(theirs) {
+        return Ok(());
+    }
+    Err(WireError::StaleEpoch {
+        ours: map.epoch,
+        theirs,
+    })
 }

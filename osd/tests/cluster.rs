@@ -57,7 +57,12 @@ async fn single_osd_serves_object_operations() {
         .await
         .unwrap();
         let st = match c
-            .call(pool, oid, |epoch| OsdRequest::Stat { epoch, pool, oid })
+            .call(pool, oid, |epoch| OsdRequest::Stat {
+                epoch,
+                pool,
+                oid,
+                fence: None,
+            })
             .await
             .unwrap()
         {
@@ -97,6 +102,7 @@ async fn single_osd_serves_object_operations() {
                     epoch: map.epoch - 1,
                     pool,
                     oid,
+                    fence: None,
                 }),
                 Duration::from_secs(10),
             )

@@ -57,6 +57,10 @@ pub enum WireError {
     /// the client reads the file's attributes again and retries where they say.
     #[error("the data of file {ino} is moving to another pool")]
     Moved { ino: u64 },
+    /// A migrator's fenced request for file `ino` whose move the map no longer shows copying
+    /// under that migrator (another took it over, or it ended): final, the migrator stops.
+    #[error("the move of file {ino} is not this migrator's (taken over or ended)")]
+    Fenced { ino: u64 },
 }
 
 impl WireError {

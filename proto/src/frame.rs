@@ -229,6 +229,7 @@ mod tests {
                 offset: 5,
                 data: bytes::Bytes::from_static(b"hello"),
             },
+            fence: None,
         })
     }
 
@@ -264,6 +265,7 @@ mod tests {
             op: ObjOp::WriteFull {
                 data: bytes::Bytes::from(vec![0u8; MAX_BODY + 1]),
             },
+            fence: None,
         });
         assert!(encode_request(&mut direct, 5, &huge).is_err());
         assert_eq!(direct, raw, "a refused message left bytes behind");

@@ -105,15 +105,21 @@ impl PgState {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 pub struct ClusterMap {
     pub epoch: u64,
+    /// The epoch of the last change to what placement depends on (the OSDs, their states and
+    /// weights, the pools). Epochs after it changed only other things (file moves): an OSD that
+    /// peered a placement group at or after it need not peer it again (see
+    /// [`ClusterMap::same_interval`]).
+    pub placement_epoch: u64,
     pub osds: BTreeMap<OsdId, OsdInfo>,
     pub pools: BTreeMap<PoolId, Pool>,
     /// Metadata replicas: raft node id → RPC address.
     pub meta_members: BTreeMap<NodeId, String>,
     /// The metadata leader when the map was read (not part of the replicated state).
     pub meta_leader: Option<NodeId>,
-    /// Files whose data is moving between pools (after `cairn fs pin`), by inode. OSDs refuse
-    /// operations on their objects in the `from` pool as [`FileMove::refuses`] says, so no
-    /// writer can change data behind the copy and no reader can read a copy being deleted.
+    /// Files whose data is moving between pools (after `cairn fs pin`), by inode. OSDs check
+    /// every operation on their objects against it ([`ClusterMap::check_move`]), so no writer
+    /// can change data behind the copy, no reader can read a copy being deleted, and only the
+    /// migrator that owns a move can write its copy.
     pub moving: BTreeMap<u64, FileMove>,
 }
 
@@ -128,6 +134,38 @@ pub struct FileMove {
     pub phase: MovePhase,
     /// Unix milliseconds when the phase began.
     pub since_ms: u64,
+    /// The migrator that may write the copy (its [`MoveFence::owner`]); another one takes the
+    /// move over with `MigrateCommand::Claim`, a new epoch, after which the OSDs refuse the old
+    /// owner's writes. 0: a move begun by a cairn that had no owners (anyone must claim it).
+    pub owner: u64,
+}
+
+/// What a migrator's requests on the objects of a moving file carry: the move it acts for. An
+/// OSD serves a fenced request only while the map shows that move copying and owned by `owner`
+/// (see [`ClusterMap::check_move`]), so a migrator that lost its move (it paused past its lock
+/// session and another took over, or the move ended) can no longer change the copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveFence {
+    pub ino: u64,
+    pub owner: u64,
+}
+
+/// Why an OSD refuses an operation on a file's objects ([`ClusterMap::check_move`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoveRefusal {
+    /// The file's data is moving (or moved): the client reads the attributes again.
+    Moved { ino: u64 },
+    /// A fenced request whose move is not (or no longer) the map's copying move of that owner.
+    Fenced { ino: u64 },
+}
+
+/// What an operation does to an object, for [`ClusterMap::check_move`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Delete,
+    /// Any other change.
+    Write,
 }
 
 /// Where a file move stands.
@@ -142,12 +180,12 @@ pub enum MovePhase {
 }
 
 impl FileMove {
-    /// Whether an operation on an object of the moving file in the `from` pool is refused:
-    /// while copying, everything but reads; once moved, everything but deletes.
-    pub fn refuses(&self, read_only: bool, delete: bool) -> bool {
+    /// Whether an unfenced operation on an object of the moving file in the `from` pool is
+    /// refused: while copying, everything but reads; once moved, everything but deletes.
+    pub fn refuses(&self, access: Access) -> bool {
         match self.phase {
-            MovePhase::Copying => !read_only,
-            MovePhase::Moved => !delete,
+            MovePhase::Copying => access != Access::Read,
+            MovePhase::Moved => access != Access::Delete,
         }
     }
 }
@@ -181,23 +219,56 @@ impl ClusterMap {
         self.osds.get(&id).map(|o| o.addr.as_str())
     }
 
-    /// The move that makes an operation on `oid` in `pool` refused, if any (see
-    /// [`FileMove::refuses`]); only file data objects can be moving.
-    pub fn moving_refuses(
+    /// Whether an operation on `oid` in `pool` may run, as far as file moves go:
+    /// - unfenced, on the objects of a moving file: in the `from` pool as
+    ///   [`FileMove::refuses`] says; in the `to` pool nothing while the copy is made (no client
+    ///   names that pool for the file yet: one that does acts on a stale layout);
+    /// - fenced (a migrator's copy): only while the map shows that file's move copying and
+    ///   owned by the fence's owner, on the file's own objects: reads in `from`, anything in
+    ///   `to`.
+    pub fn check_move(
         &self,
         pool: PoolId,
         oid: crate::ids::Oid,
-        read_only: bool,
-        delete: bool,
-    ) -> Option<u64> {
-        if self.moving.is_empty() {
-            return None;
+        fence: Option<MoveFence>,
+        access: Access,
+    ) -> Result<(), MoveRefusal> {
+        let piece = oid
+            .piece()
+            .filter(|(kind, _, _)| *kind == crate::ids::PieceKind::File)
+            .map(|(_, ino, _)| ino);
+        if let Some(f) = fence {
+            let fenced = Err(MoveRefusal::Fenced { ino: f.ino });
+            if piece != Some(f.ino) {
+                return fenced;
+            }
+            return match self.moving.get(&f.ino) {
+                Some(m) if m.phase == MovePhase::Copying && m.owner == f.owner => {
+                    if pool == m.to || (pool == m.from && access == Access::Read) {
+                        Ok(())
+                    } else {
+                        fenced
+                    }
+                }
+                _ => fenced,
+            };
         }
-        let (kind, ino, _) = oid.piece()?;
-        if kind != crate::ids::PieceKind::File {
-            return None;
+        let Some(ino) = piece else {
+            return Ok(());
+        };
+        match self.moving.get(&ino) {
+            Some(m) if m.from == pool && m.refuses(access) => Err(MoveRefusal::Moved { ino }),
+            Some(m) if m.to == pool && m.phase == MovePhase::Copying => {
+                Err(MoveRefusal::Moved { ino })
+            }
+            _ => Ok(()),
         }
-        let m = self.moving.get(&ino)?;
-        (m.from == pool && m.refuses(read_only, delete)).then_some(ino)
+    }
+
+    /// Whether a placement group peered under a map of epoch `peered` is still in the same
+    /// interval under this map: no placement change came after it, so the same members with
+    /// the same primary served it throughout and nothing needs peering again.
+    pub fn same_interval(&self, peered: u64) -> bool {
+        peered <= self.epoch && self.placement_epoch <= peered
     }
 }

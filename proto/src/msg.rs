@@ -6,7 +6,7 @@ use crate::error::WireError;
 use crate::fs::{NsOp, NsQuery, NsReply, NsResult};
 use crate::ids::{NodeId, Oid, OsdId, PgId, PoolId};
 use crate::iscsi::{IscsiCommand, IscsiConfig};
-use crate::map::{ClusterMap, FailureDomain, PgState, WriteMode};
+use crate::map::{ClusterMap, FailureDomain, MoveFence, PgState, WriteMode};
 use crate::object::{Filter, ObjOp, ObjectStat, QueryHit};
 use crate::user::{UserCommand, UserDb};
 use crate::volume::{NvDiskMode, VolumeInfo};
@@ -149,21 +149,62 @@ pub enum MetaCommand {
 }
 
 /// Steps of moving file data between pools; see [`crate::map::FileMove`] for what OSDs enforce.
+/// Every step that changes a move names its owner (the migrator's id, a random 64-bit number):
+/// a step of a migrator that lost the move to another one changes nothing.
+///
+/// The first two variants are what cairn wrote before moves had owners (metadata codec 3); they
+/// stay at their places so that such log entries still decode, and apply as steps of owner 0.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MigrateCommand {
-    /// Start moving each file whose inode still names pool `expect` and that is not already
-    /// moving: it enters [`crate::map::MovePhase::Copying`]. Answers
-    /// [`MetaResult::Migrating`] with the inodes that did (one map epoch for all of them).
-    Begin { files: Vec<MigrateFile> },
-    /// The copy of `ino` is complete: if the inode still names the pool it named at `Begin`, it
-    /// now names `to`; either way the move enters [`crate::map::MovePhase::Moved`]. Answers
-    /// [`MetaResult::Switched`] with whether the inode switched.
-    Switch { ino: u64 },
-    /// The old objects of these moves are gone (or the moves are abandoned): forget them.
+    /// Codec 3's `Begin`: [`MigrateCommand::Begin`] with owner 0.
+    LegacyBegin { files: Vec<MigrateFile> },
+    /// Codec 3's `Switch` of one file: [`MigrateCommand::Switch`] of whoever owns the move.
+    LegacySwitch { ino: u64 },
+    /// Forget these moves, which must be past copying (their old objects are gone, and the
+    /// grace is over). Answers [`MetaResult::Done`].
     End { inos: Vec<u64> },
     /// Directory `dir` was swept while its pin was `pin`: take it off the queue unless it was
     /// pinned again since.
     Swept { dir: u64, pin: Option<PoolId> },
+    /// Start moving each file whose inode still names pool `expect` and that is not already
+    /// moving: it enters [`crate::map::MovePhase::Copying`], owned by `owner`. Answers
+    /// [`MetaResult::Migrating`] with the inodes that did (one map epoch for all of them).
+    Begin { files: Vec<MigrateFile>, owner: u64 },
+    /// Take over these copying moves (their owner died or lost the migrator lock). Answers
+    /// [`MetaResult::Migrating`] with the inodes now owned by `owner` (one epoch).
+    Claim { inos: Vec<u64>, owner: u64 },
+    /// The copies of these files are complete and verified: each file whose inode still names
+    /// the pool it named at `Begin` now names `to` (see [`SwitchOutcome`]). Answers
+    /// [`MetaResult::Switched`] (one epoch for all of them). Sent again by the same owner, it
+    /// answers the same.
+    Switch { files: Vec<SwitchFile>, owner: u64 },
+    /// Give up these copying moves of `owner` (the copy failed): the files stay in their old
+    /// pool, usable again at once. Answers [`MetaResult::Migrating`] with the inodes aborted.
+    Abort { inos: Vec<u64>, owner: u64 },
+}
+
+/// One file of a [`MigrateCommand::Switch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchFile {
+    pub ino: u64,
+    /// Bytes the copy holds (for the migration's progress counters).
+    pub bytes: u64,
+}
+
+/// How a [`MigrateCommand::Switch`] ended for one file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SwitchOutcome {
+    /// The inode names the new pool; the move is [`crate::map::MovePhase::Moved`] (the old
+    /// objects are to be deleted).
+    Switched,
+    /// The file is gone: the move is `Moved`, and both copies are to be deleted.
+    Gone,
+    /// The file stays where it is (the new pool went, or the inode names another pool): the
+    /// move is over, and the copy in the new pool is to be deleted.
+    Kept,
+    /// Not this owner's copying move (another migrator took it over, or it is over): nothing
+    /// changed.
+    NotOwner,
 }
 
 /// One file to start moving.
@@ -199,6 +240,10 @@ pub struct MigrationStatus {
     pub queued_dirs: Vec<u64>,
     /// Moves under way, by inode.
     pub moving: Vec<(u64, crate::map::FileMove)>,
+    /// Files switched to a new pool since the cluster began, and the bytes their copies held
+    /// (progress is the difference between two readings).
+    pub files_moved: u64,
+    pub bytes_moved: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -226,10 +271,10 @@ pub enum MetaResult {
     Pool(PoolId),
     Volume(VolumeInfo),
     Ns(NsResult),
-    /// [`MigrateCommand::Begin`]: the inodes that started moving.
+    /// [`MigrateCommand::Begin`], `Claim` and `Abort`: the inodes they applied to.
     Migrating(Vec<u64>),
-    /// [`MigrateCommand::Switch`]: whether the inode now names the new pool.
-    Switched(bool),
+    /// [`MigrateCommand::Switch`]: how it ended for each file.
+    Switched(Vec<(u64, SwitchOutcome)>),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -266,6 +311,8 @@ pub enum OsdRequest {
         pool: PoolId,
         oid: Oid,
         op: ObjOp,
+        /// Set by a migrator copying a file's data (see [`MoveFence`]).
+        fence: Option<MoveFence>,
     },
     Read {
         epoch: u64,
@@ -273,11 +320,21 @@ pub enum OsdRequest {
         oid: Oid,
         offset: u64,
         len: u32,
+        fence: Option<MoveFence>,
     },
     Stat {
         epoch: u64,
         pool: PoolId,
         oid: Oid,
+        fence: Option<MoveFence>,
+    },
+    /// The object's size and the crc32 of its bytes, computed on the primary from its verified
+    /// copy (how a migrator checks a copy without moving the data again).
+    Digest {
+        epoch: u64,
+        pool: PoolId,
+        oid: Oid,
+        fence: Option<MoveFence>,
     },
     /// Objects of one placement group, in id order, after `after`.
     List {
@@ -319,6 +376,11 @@ pub enum OsdResponse {
     },
     Peer(PeerResponse),
     Status(OsdStatus),
+    /// [`OsdRequest::Digest`].
+    Digest {
+        size: u64,
+        crc32: u32,
+    },
 }
 
 /// What an OSD reports about itself ([`OsdRequest::Status`]).

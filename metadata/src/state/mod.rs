@@ -28,10 +28,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Version byte in front of every encoded snapshot image and proposal. 2: the state gained S3
 /// users and bucket policies, and volumes their backing (replicated or nvdisk). 3: the map gained
-/// file moves and the state the migration queue; version 2 images are read and converted
-/// ([`StateV2`]), and version 2 proposals decode unchanged (commands were only added). Version 1
-/// data is refused.
-const CODEC_VERSION: u8 = 3;
+/// file moves and the state the migration queue. 4: file moves gained their owner, the map its
+/// placement epoch and the state the migration totals. Version 2 and 3 images are read and
+/// converted ([`StateV2`], [`StateV3`]); version 2 and 3 proposals decode unchanged (commands
+/// were only added, and codec 3's migration steps keep their places as
+/// `MigrateCommand::Legacy*`). Version 1 data is refused.
+const CODEC_VERSION: u8 = 4;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -51,6 +53,83 @@ pub struct State {
     /// Directories whose pin changed and whose files have not been swept since (see
     /// [`migrate`]).
     pub migration_queue: BTreeSet<cairn_proto::fs::Ino>,
+    /// Files switched to another pool since the cluster began, and their bytes.
+    pub files_moved: u64,
+    pub bytes_moved: u64,
+}
+
+/// The state as codec version 3 wrote it: moves without owners, the map without its
+/// placement epoch, no migration totals.
+#[derive(Deserialize)]
+struct StateV3 {
+    map: MapV3,
+    next_pool: u32,
+    volumes: BTreeMap<String, VolumeInfo>,
+    next_volume: u64,
+    iscsi: IscsiConfig,
+    ns: Namespace,
+    users: UserDb,
+    migration_queue: BTreeSet<cairn_proto::fs::Ino>,
+}
+
+#[derive(Deserialize)]
+struct MapV3 {
+    epoch: u64,
+    osds: BTreeMap<cairn_proto::OsdId, cairn_proto::map::OsdInfo>,
+    pools: BTreeMap<cairn_proto::PoolId, cairn_proto::Pool>,
+    meta_members: BTreeMap<NodeId, String>,
+    meta_leader: Option<NodeId>,
+    moving: BTreeMap<u64, FileMoveV3>,
+}
+
+#[derive(Deserialize)]
+struct FileMoveV3 {
+    from: cairn_proto::PoolId,
+    to: cairn_proto::PoolId,
+    expect: Option<cairn_proto::PoolId>,
+    phase: cairn_proto::map::MovePhase,
+    since_ms: u64,
+}
+
+impl From<StateV3> for State {
+    fn from(s: StateV3) -> State {
+        let m = s.map;
+        State {
+            map: ClusterMap {
+                epoch: m.epoch,
+                // Unknown: every placement group peers once more after the upgrade.
+                placement_epoch: m.epoch,
+                osds: m.osds,
+                pools: m.pools,
+                meta_members: m.meta_members,
+                meta_leader: m.meta_leader,
+                moving: m
+                    .moving
+                    .into_iter()
+                    .map(|(ino, f)| {
+                        let mv = cairn_proto::map::FileMove {
+                            from: f.from,
+                            to: f.to,
+                            expect: f.expect,
+                            phase: f.phase,
+                            since_ms: f.since_ms,
+                            owner: 0,
+                        };
+                        (ino, mv)
+                    })
+                    .collect(),
+            },
+            next_pool: s.next_pool,
+            volumes: s.volumes,
+            next_volume: s.next_volume,
+            iscsi: s.iscsi,
+            ns: s.ns,
+            users: s.users,
+            migration_queue: s.migration_queue,
+            files_moved: 0,
+            bytes_moved: 0,
+        }
+    }
 }
 
 /// The state as codec version 2 wrote it: the map without file moves, no migration queue.
@@ -79,6 +158,7 @@ impl From<StateV2> for State {
         State {
             map: ClusterMap {
                 epoch: s.map.epoch,
+                placement_epoch: s.map.epoch,
                 osds: s.map.osds,
                 pools: s.map.pools,
                 meta_members: s.map.meta_members,
@@ -92,6 +172,8 @@ impl From<StateV2> for State {
             ns: s.ns,
             users: s.users,
             migration_queue: BTreeSet::new(),
+            files_moved: 0,
+            bytes_moved: 0,
         }
     }
 }
@@ -111,8 +193,8 @@ impl Proposal {
 
     pub fn decode(b: &[u8]) -> Result<Proposal, String> {
         match b.split_first() {
-            // Version 3 only added commands: a version 2 proposal reads the same.
-            Some((2, rest)) => bincode::deserialize(rest).map_err(|e| e.to_string()),
+            // Versions 3 and 4 only added commands: older proposals read the same.
+            Some((2 | 3, rest)) => bincode::deserialize(rest).map_err(|e| e.to_string()),
             _ => unversioned(b),
         }
     }
@@ -152,6 +234,8 @@ impl State {
             ns: Namespace::new(0),
             users: UserDb::default(),
             migration_queue: BTreeSet::new(),
+            files_moved: 0,
+            bytes_moved: 0,
         }
     }
 
@@ -191,6 +275,9 @@ impl State {
             Some((2, rest)) => bincode::deserialize::<StateV2>(rest)
                 .map(State::from)
                 .map_err(|e| e.to_string()),
+            Some((3, rest)) => bincode::deserialize::<StateV3>(rest)
+                .map(State::from)
+                .map_err(|e| e.to_string()),
             _ => unversioned(b),
         };
         r.map_err(|e| MetaError::corrupt("M/snap_data", e))
@@ -199,6 +286,7 @@ impl State {
     /// Apply one command. On error nothing has changed.
     pub fn apply(&mut self, cmd: &MetaCommand, at_ms: u64) -> Result<MetaResult, MetaError> {
         validate(cmd)?;
+        let placement = !matches!(cmd, MetaCommand::Migrate(_));
         let (result, changed) = match cmd {
             MetaCommand::CreatePool {
                 name,
@@ -280,6 +368,9 @@ impl State {
         };
         if changed {
             self.map.epoch += 1;
+            if placement {
+                self.map.placement_epoch = self.map.epoch;
+            }
         }
         Ok(result)
     }
@@ -412,6 +503,71 @@ mod tests {
         assert_eq!(Proposal::decode(&old).unwrap(), p);
         old[0] = 1;
         assert!(Proposal::decode(&old).is_err());
+    }
+
+    #[test]
+    fn version_3_images_and_migration_steps_are_read() {
+        use cairn_proto::map::{FileMove, MovePhase};
+        use cairn_proto::msg::{MigrateCommand, MigrateFile};
+        use cairn_proto::PoolId;
+        let mut s = fresh();
+        s.apply(&pool("p", 3, 2, 64), 5).unwrap();
+        s.apply(&boot(None, "o:1"), 5).unwrap();
+        s.migration_queue.insert(9);
+        let mv = FileMove {
+            from: PoolId(1),
+            to: PoolId(2),
+            expect: None,
+            phase: MovePhase::Copying,
+            since_ms: 77,
+            owner: 0,
+        };
+        s.map.moving.insert(12, mv);
+        // What version 3 wrote: moves without owners, no placement epoch or totals.
+        let m = &s.map;
+        let moves: BTreeMap<u64, _> = m
+            .moving
+            .iter()
+            .map(|(i, f)| (*i, (f.from, f.to, f.expect, f.phase, f.since_ms)))
+            .collect();
+        let v3 = (
+            (
+                m.epoch,
+                &m.osds,
+                &m.pools,
+                &m.meta_members,
+                &m.meta_leader,
+                &moves,
+            ),
+            s.next_pool,
+            &s.volumes,
+            s.next_volume,
+            &s.iscsi,
+            &s.ns,
+            (&s.users, &s.migration_queue),
+        );
+        let mut img = vec![3u8];
+        bincode::serialize_into(&mut img, &v3).unwrap();
+        let got = State::decode(&img).unwrap();
+        assert_eq!(got.map.placement_epoch, s.map.epoch);
+        assert_eq!(got, s);
+        // Codec 3's Begin and Switch are the first two migration steps.
+        let begin = MigrateFile {
+            ino: 12,
+            expect: None,
+            from: PoolId(1),
+            to: PoolId(2),
+        };
+        let legacy = (7u64, 12u32, 0u32, (vec![begin],));
+        let mut old = vec![3u8];
+        bincode::serialize_into(&mut old, &legacy).unwrap();
+        // 12 is `MetaCommand::Migrate`'s place; 0 `Begin`'s in codec 3.
+        let p = Proposal::decode(&old).unwrap();
+        assert_eq!(p.at_ms, 7);
+        assert_eq!(
+            p.cmd,
+            MetaCommand::Migrate(MigrateCommand::LegacyBegin { files: vec![begin] })
+        );
     }
 
     #[test]

@@ -213,6 +213,7 @@ impl Cluster {
                 pool,
                 oid,
                 op: op.clone(),
+                fence: None,
             })
             .await?
         {
@@ -246,6 +247,7 @@ impl Cluster {
                 oid,
                 offset,
                 len,
+                fence: None,
             })
             .await?
         {
