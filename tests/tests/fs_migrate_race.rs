@@ -5,7 +5,7 @@
 //! through FUSE (both mounts), S3 and NFS, the old pool holds no file data, and the migration
 //! added few map epochs.
 //!
-//! Seeds: `CAIRN_MIGRATE_SEEDS` (comma separated; default `1`); `bench/migrate_race.sh` runs
+//! Seeds: `CAIRN_MIGRATE_SEEDS` (comma separated; default `1,2`); `bench/migrate_race.sh` runs
 //! many more by hand.
 
 use anyhow::{bail, ensure, Context, Result};
@@ -245,7 +245,12 @@ fn run_seed(seed: u64) -> Result<()> {
         let bytes = make_reference(&ref_dir, seed, 1500, 40)?;
         let tree = a.join("tree");
         fs::create_dir(&tree)?;
-        run_cmd(Command::new("cp").arg("-r").arg(format!("{}/.", ref_dir.display())).arg(&tree))?;
+        run_cmd(
+            Command::new("cp")
+                .arg("-r")
+                .arg(format!("{}/.", ref_dir.display()))
+                .arg(&tree),
+        )?;
         let bad = compare_tree(&ref_dir, &b.join("tree"), "before the move, mount 2")?;
         ensure!(bad.is_empty(), "before any move: {bad:?}");
         let epoch0 = rt.block_on(cluster.refresh_map())?.epoch;
@@ -393,7 +398,7 @@ fn run_seed(seed: u64) -> Result<()> {
 
 #[test]
 fn two_migrators_pins_and_writers_lose_no_byte() {
-    let seeds = std::env::var("CAIRN_MIGRATE_SEEDS").unwrap_or_else(|_| "1".into());
+    let seeds = std::env::var("CAIRN_MIGRATE_SEEDS").unwrap_or_else(|_| "1,2".into());
     for s in seeds.split(',').filter(|s| !s.is_empty()) {
         let seed: u64 = s.trim().parse().expect("CAIRN_MIGRATE_SEEDS: numbers");
         run_seed(seed).unwrap_or_else(|e| panic!("seed {seed}: {e:#}"));
