@@ -196,12 +196,26 @@ async fn migrate_until_idle(fs: FsClient, grace_secs: u64) -> Result<()> {
             }
         })
         .await?;
+    // Moves done meanwhile by anyone (a gateway's migrator may have held the lock throughout).
+    let all = m
+        .status()
+        .await?
+        .files_moved
+        .saturating_sub(st0.files_moved)
+        .max(total.files_moved);
+    let by_others = if all > total.files_moved {
+        format!(
+            " ({} of them by this command, the rest by a gateway's migrator)",
+            total.files_moved
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "moved {} files ({} copied) in {:.1} s; {} left in place (hard links or a pool gone); \
-         {} directories swept",
-        total.files_moved,
-        human_bytes(total.bytes_copied),
+        "moved {all} files in {:.1} s{by_others}; {} copied here; {} left in place (hard links \
+         or a pool gone); {} directories swept",
         start.elapsed().as_secs_f64(),
+        human_bytes(total.bytes_copied),
         total.files_skipped,
         total.dirs_swept
     );
