@@ -7,7 +7,7 @@ use bytes::Bytes;
 use cairn_client::{Cluster, PoolIo, PoolSpec};
 use cairn_proto::Oid;
 use clap::Subcommand;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -117,8 +117,14 @@ where
         }));
     }
     let deadline = start + Duration::from_secs(secs);
+    // A live line only on a terminal: logs and pipes get one line per phase.
+    let tty = std::io::stderr().is_terminal();
     while Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(Duration::from_millis(500).min(left)).await;
+        if !tty {
+            continue;
+        }
         let n = done.load(Ordering::Relaxed);
         let el = start.elapsed().as_secs_f64();
         eprint!(
@@ -135,10 +141,18 @@ where
         let _ = t.await;
     }
     let secs_f = start.elapsed().as_secs_f64();
-    eprintln!();
     let mut l = std::mem::take(&mut *lats.lock().expect("lats"));
     l.sort_unstable();
     let ops = l.len() as u64;
+    eprintln!(
+        "{}  {name:<28} {:>10.0} ops/s {:>9.1} MB/s  p50 {} µs  p99 {} µs  errors {}",
+        if tty { "\r" } else { "" },
+        ops as f64 / secs_f,
+        (ops * bytes_per_op) as f64 / secs_f / 1e6,
+        percentile(&l, 0.50),
+        percentile(&l, 0.99),
+        errors.load(Ordering::Relaxed)
+    );
     PhaseResult {
         name: name.to_string(),
         ops,
@@ -197,6 +211,7 @@ fn run_fio(dir: &str) -> Result<FioResult> {
         "--bs=1M",
         "--size=1G",
         "--ioengine=psync",
+        "--direct=1",
         "--end_fsync=1",
         "--unlink=1",
     ])?;
@@ -234,6 +249,9 @@ pub async fn run(meta: Vec<String>, cmd: BenchCmd) -> Result<()> {
         } => (seconds, sizes, concurrency, pool_sizes, fio_dir, json),
         BenchCmd::S3(a) => return crate::bench_s3::run(meta, a).await,
     };
+    if let Some(d) = &fio_dir {
+        std::fs::create_dir_all(d).with_context(|| format!("create --fio-dir {d}"))?;
+    }
     let cluster = connect(meta).await?;
     let sizes: Vec<u64> = sizes.iter().map(|s| parse_size(s)).collect::<Result<_>>()?;
     let mut results: Vec<(u8, u64, usize, PhaseResult)> = Vec::new();
@@ -285,13 +303,15 @@ pub async fn run(meta: Vec<String>, cmd: BenchCmd) -> Result<()> {
         "{:<30} {:>9} {:>10} {:>9} {:>9} {:>9} {:>6}  vs disk (fio)",
         "phase", "ops/s", "MB/s", "p50 µs", "p99 µs", "max µs", "errors"
     );
-    for (_psize, size, conc, r) in &results {
+    for (psize, size, conc, r) in &results {
         let ratio = match &fio {
+            // A pool of size p writes every byte p times to the one disk.
             Some(f) if r.name.starts_with("put") && *size >= 1 << 20 => {
+                let disk = f.seq_write_mbs / f64::from((*psize).max(1));
                 format!(
-                    "{:.2}x of {:.0} MB/s seq write",
-                    r.mb_per_sec() / f.seq_write_mbs,
-                    f.seq_write_mbs
+                    "{:.2}x of {:.0} MB/s (direct seq write / {psize})",
+                    r.mb_per_sec() / disk,
+                    disk
                 )
             }
             Some(f) if r.name.starts_with("put") && *conc == 1 => format!(
@@ -328,7 +348,7 @@ pub async fn run(meta: Vec<String>, cmd: BenchCmd) -> Result<()> {
     if let Some(f) = &fio {
         println!();
         println!(
-            "disk (fio in {}): 1 MiB sequential write {:.0} MB/s; 4 KiB random write + fsync {:.0} IOPS (p50 {:.0} µs)",
+            "disk (fio in {}): 1 MiB direct sequential write {:.0} MB/s; 4 KiB random write + fsync {:.0} IOPS (p50 {:.0} µs)",
             fio_dir.as_deref().unwrap_or(""),
             f.seq_write_mbs,
             f.randwrite_fsync_iops,
