@@ -13,9 +13,10 @@ use crate::journal::Journal;
 use crate::store::{Mutation, Store};
 use cairn_proto::{Oid, PgId};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use tokio::sync::{Notify, RwLock};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, OwnedRwLockReadGuard, RwLock};
 
 /// A journal record's payload.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -23,6 +24,111 @@ pub struct Record {
     pub pg: PgId,
     pub oid: Oid,
     pub mutation: Mutation,
+}
+
+/// A mutation journaled but not yet applied (see [`Durable::stage`]). It holds the checkpoint
+/// gate shared, so no checkpoint trims its record before it is applied.
+pub struct Staged {
+    /// `None` once finished; a `Staged` dropped before that (its caller cancelled) is finished
+    /// in the background, since every later turn of its group waits for it.
+    gate: Option<OwnedRwLockReadGuard<()>>,
+    durable: Arc<Durable>,
+    lane: Arc<Lane>,
+    seq: u64,
+    ticket: u64,
+    prior: u64,
+    pg: PgId,
+    oid: Oid,
+    mutation: Mutation,
+}
+
+/// One placement group's staged mutations: turns are handed out in journal order and taken
+/// in that order.
+#[derive(Default)]
+struct Lane {
+    st: Mutex<LaneState>,
+    /// A turn ended.
+    turn: Notify,
+    /// A mutation was staged.
+    staged: Notify,
+}
+
+#[derive(Default)]
+struct LaneState {
+    /// The last turn handed out and the last one taken.
+    next_ticket: u64,
+    applied: u64,
+    /// The highest `Apply` version staged.
+    top_version: u64,
+    /// The highest version a replica answered `Missing` for.
+    passed: u64,
+    /// Objects with mutations in flight: the last one's turn and the version it leaves.
+    objects: HashMap<Oid, (u64, u64)>,
+}
+
+impl Staged {
+    /// The object's version before this mutation.
+    pub fn prior(&self) -> u64 {
+        self.prior
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let Some(gate) = self.gate.take() else {
+            return;
+        };
+        let (d, lane) = (self.durable.clone(), self.lane.clone());
+        let (seq, ticket, pg, oid) = (self.seq, self.ticket, self.pg, self.oid);
+        let m = self.mutation.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if let Err(e) = d.complete(&lane, seq, ticket, pg, oid, &m).await {
+                        tracing::debug!(%pg, %oid, error = %e, "abandoned mutation not applied");
+                    }
+                    drop(gate);
+                });
+            }
+            // No runtime (shutting down): end the turn so nothing waits on it; the record is
+            // in the journal and is applied by the replay on the next start.
+            Err(_) => lane.done(ticket, oid),
+        }
+    }
+}
+
+impl LaneState {
+    fn in_flight(&self) -> bool {
+        self.next_ticket > self.applied
+    }
+}
+
+impl Lane {
+    fn state(&self) -> std::sync::MutexGuard<'_, LaneState> {
+        self.st.lock().expect("lane lock")
+    }
+
+    async fn wait_turn(&self, ticket: u64) {
+        loop {
+            let notified = self.turn.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.state().applied + 1 >= ticket {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn done(&self, ticket: u64, oid: Oid) {
+        let mut st = self.state();
+        st.applied = st.applied.max(ticket);
+        if st.objects.get(&oid).is_some_and(|(t, _)| *t == ticket) {
+            st.objects.remove(&oid);
+        }
+        drop(st);
+        self.turn.notify_waiters();
+    }
 }
 
 /// Checkpoints a writer forces in a row on a full journal before it gives up; each one empties
@@ -35,7 +141,9 @@ pub struct Durable {
     journal: Arc<dyn Journal>,
     /// Writers hold it shared across journal + apply; a checkpoint holds it exclusively so that
     /// every journaled record is applied before the store is synced and the journal trimmed.
-    gate: RwLock<()>,
+    gate: Arc<RwLock<()>>,
+    /// Per placement group: the order staged mutations are applied in.
+    lanes: Mutex<HashMap<PgId, Arc<Lane>>>,
     /// Bytes of logical data the store may hold (0: unlimited).
     capacity: AtomicU64,
     checkpoint_bytes: u64,
@@ -63,7 +171,8 @@ impl Durable {
         Durable {
             store,
             journal,
-            gate: RwLock::new(()),
+            gate: Arc::new(RwLock::new(())),
+            lanes: Mutex::new(HashMap::new()),
             capacity: AtomicU64::new(capacity),
             checkpoint_bytes,
             failed: AtomicBool::new(false),
@@ -109,19 +218,29 @@ impl Durable {
 
     /// Journal and apply one mutation. Returns the object's version before it (for `Apply`).
     pub async fn commit(self: &Arc<Self>, pg: PgId, oid: Oid, mutation: Mutation) -> Result<u64> {
+        let staged = self.stage(pg, oid, mutation).await?;
+        self.finish(staged).await
+    }
+
+    /// Write a mutation's journal record (not yet durable) and take a turn in its placement
+    /// group's lane; [`Durable::finish`] makes it durable and applies it after the ones staged
+    /// before it. Callers stage one group's mutations one at a time (under the group's order
+    /// lock) and may then finish many at once: their records share fdatasyncs.
+    pub async fn stage(self: &Arc<Self>, pg: PgId, oid: Oid, mutation: Mutation) -> Result<Staged> {
         let mut mutation = mutation;
         let mut rounds = 0;
+        let lane = self.lane(pg);
         loop {
-            let shared = self.gate.read().await;
+            let shared = self.gate.clone().read_owned().await;
             if self.failed() {
                 return Err(Error::JournalPoisoned);
             }
             // A checkpoint needs the gate exclusively: one counted after `seen` ran after this
             // append, so if the append finds the journal full, that checkpoint has made room.
             let seen = self.checkpoints();
-            let me = self.clone();
+            let (me, l) = (self.clone(), lane.clone());
             let (m, r) = tokio::task::spawn_blocking(move || {
-                let r = me.commit_blocking(pg, oid, &mutation);
+                let r = me.stage_blocking(&l, pg, oid, &mutation);
                 (mutation, r)
             })
             .await
@@ -130,19 +249,188 @@ impl Durable {
             if self.checkpoint_bytes > 0 && self.journal.len_bytes() >= self.checkpoint_bytes {
                 self.checkpoint_wanted.notify_one();
             }
-            drop(shared);
             match r {
+                Ok((seq, ticket, prior)) => {
+                    lane.staged.notify_waiters();
+                    return Ok(Staged {
+                        gate: Some(shared),
+                        durable: self.clone(),
+                        lane,
+                        seq,
+                        ticket,
+                        prior,
+                        pg,
+                        oid,
+                        mutation,
+                    });
+                }
                 Err(Error::JournalFull { needed, free }) if rounds < FULL_ROUNDS => {
+                    drop(shared);
                     rounds += 1;
                     tracing::debug!(needed, free, rounds, "journal full; checkpointing");
                     self.checkpoint_unless_since(Some(seen)).await?;
                 }
-                r => return r,
+                Err(e) => return Err(e),
             }
         }
     }
 
-    fn commit_blocking(&self, pg: PgId, oid: Oid, mutation: &Mutation) -> Result<u64> {
+    /// Wait until a staged mutation's record is durable and every mutation staged before it in
+    /// its group is applied, then apply it. Returns the object's version before it.
+    /// Runs in a task of its own, so a caller that stops waiting does not leave the turn
+    /// half taken.
+    pub async fn finish(self: &Arc<Self>, mut staged: Staged) -> Result<u64> {
+        let gate = staged.gate.take();
+        let (me, lane) = (self.clone(), staged.lane.clone());
+        let (seq, ticket, pg, oid) = (staged.seq, staged.ticket, staged.pg, staged.oid);
+        let m = std::mem::replace(&mut staged.mutation, Mutation::Remove);
+        let prior = staged.prior;
+        tokio::spawn(async move {
+            let r = me.complete(&lane, seq, ticket, pg, oid, &m).await;
+            drop(gate);
+            r
+        })
+        .await
+        .map_err(|_| Error::ShuttingDown)?
+        .map(|()| prior)
+    }
+
+    async fn complete(
+        self: &Arc<Self>,
+        lane: &Lane,
+        seq: u64,
+        ticket: u64,
+        pg: PgId,
+        oid: Oid,
+        mutation: &Mutation,
+    ) -> Result<()> {
+        let me = self.clone();
+        let durable = tokio::task::spawn_blocking(move || me.journal.wait_durable(seq))
+            .await
+            .map_err(|_| Error::ShuttingDown)
+            .and_then(|r| r);
+        lane.wait_turn(ticket).await;
+        let r = match durable {
+            Ok(()) => {
+                let me = self.clone();
+                let m = mutation.clone();
+                tokio::task::spawn_blocking(move || me.apply_blocking(pg, oid, &m))
+                    .await
+                    .map_err(|_| Error::ShuttingDown)
+                    .and_then(|r| r)
+            }
+            Err(e) => Err(e),
+        };
+        lane.done(ticket, oid);
+        r
+    }
+
+    /// The version `oid` has once every mutation staged so far is applied (0: none).
+    pub fn version_of(&self, pg: PgId, oid: Oid) -> Result<u64> {
+        let lane = self.lane(pg);
+        if let Some((_, v)) = lane.state().objects.get(&oid) {
+            return Ok(*v);
+        }
+        Ok(self.store.stat(pg, oid)?.map_or(0, |s| s.version))
+    }
+
+    /// The version the group's next mutation gets, and the version staged just before it if
+    /// that one is still in flight (0 otherwise): a replica applies the new one after it.
+    pub fn next_version(&self, pg: PgId) -> Result<(u64, u64)> {
+        let lane = self.lane(pg);
+        let st = lane.state();
+        let last = self.store.pg_info(pg)?.last_update;
+        if st.in_flight() {
+            let top = st.top_version.max(last);
+            Ok((top + 1, top))
+        } else {
+            Ok((last + 1, 0))
+        }
+    }
+
+    /// Wait (at most `limit`) until the group's version `after` is staged or applied here;
+    /// false if it is not by then (the replica then goes on without it, as after a lost op).
+    pub async fn wait_staged(&self, pg: PgId, after: u64, limit: std::time::Duration) -> bool {
+        if after == 0 {
+            return true;
+        }
+        let lane = self.lane(pg);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = lane.staged.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let staged = {
+                let st = lane.state();
+                st.top_version.max(st.passed)
+            };
+            let applied = self.store.pg_info(pg).map_or(0, |i| i.last_update);
+            if staged.max(applied) >= after {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Wait until every staged mutation of `oid` is applied.
+    pub async fn settle(&self, pg: PgId, oid: Oid) {
+        let lane = self.lane(pg);
+        loop {
+            let notified = lane.turn.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !lane.state().objects.contains_key(&oid) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// A replica answered `Missing` for the group's `version` (it will be pushed the object
+    /// instead): later sub-ops need not wait for it to be staged.
+    pub fn passed(&self, pg: PgId, version: u64) {
+        let lane = self.lane(pg);
+        let mut st = lane.state();
+        st.passed = st.passed.max(version);
+        drop(st);
+        lane.staged.notify_waiters();
+    }
+
+    fn lane(&self, pg: PgId) -> Arc<Lane> {
+        self.lanes
+            .lock()
+            .expect("lanes lock")
+            .entry(pg)
+            .or_default()
+            .clone()
+    }
+
+    /// Refuse what applying would: an invalid op (a bad typed-field name), or any write once
+    /// the journal failed. The primary checks this before it sends a mutation to the replicas
+    /// in parallel with its own commit ([`Durable::stage`] checks the space), so that a
+    /// refusal never leaves the replicas ahead of it.
+    pub fn validate(&self, mutation: &Mutation) -> Result<()> {
+        if self.failed() {
+            return Err(Error::JournalPoisoned);
+        }
+        if let Mutation::Apply {
+            op: cairn_proto::ObjOp::SetTyped { otype, fields },
+            ..
+        } = mutation
+        {
+            crate::store::check_typed(otype, fields)?;
+        }
+        Ok(())
+    }
+
+    fn check_space(
+        &self,
+        pg: PgId,
+        oid: Oid,
+        mutation: &Mutation,
+    ) -> Result<Option<cairn_proto::ObjectStat>> {
         let stat = self.store.stat(pg, oid)?;
         let size = stat.as_ref().map_or(0, |s| s.size);
         let cap = self.capacity();
@@ -150,15 +438,52 @@ impl Durable {
         if cap > 0 && growth > 0 && self.store.used_bytes() + growth > cap {
             return Err(Error::NoSpace { capacity: cap });
         }
+        Ok(stat)
+    }
+
+    /// Check, journal (without waiting for durability) and take a turn, all under the lane's
+    /// lock so that the group's turns follow its journal order. Returns (seq, ticket, prior).
+    fn stage_blocking(
+        &self,
+        lane: &Lane,
+        pg: PgId,
+        oid: Oid,
+        mutation: &Mutation,
+    ) -> Result<(u64, u64, u64)> {
+        let mut st = lane.state();
+        let stat = self.check_space(pg, oid, mutation)?;
+        let prior = match st.objects.get(&oid) {
+            Some((_, v)) => *v,
+            None => stat.map_or(0, |s| s.version),
+        };
         let payload = bincode::serialize(&Record {
             pg,
             oid,
             mutation: mutation.clone(),
         })
         .expect("records serialize");
-        self.journal.append(&payload)?;
+        let seq = self.journal.submit(&payload)?;
+        st.next_ticket += 1;
+        let ticket = st.next_ticket;
+        if let Mutation::Apply { version, op, .. } = mutation {
+            st.top_version = st.top_version.max(*version);
+            let after = if matches!(op, cairn_proto::ObjOp::Delete) {
+                0
+            } else {
+                *version
+            };
+            st.objects.insert(oid, (ticket, after));
+        } else {
+            // Recovery installs and removals run with the group quiet; what they leave is read
+            // from the store.
+            st.objects.remove(&oid);
+        }
+        Ok((seq, ticket, prior))
+    }
+
+    fn apply_blocking(&self, pg: PgId, oid: Oid, mutation: &Mutation) -> Result<()> {
         match mutation.apply_to(self.store.as_ref(), pg, oid) {
-            Ok(()) => Ok(stat.map_or(0, |s| s.version)),
+            Ok(()) => Ok(()),
             // Invalid ops (bad names) change nothing; their journal record fails the same way
             // on replay, which is harmless.
             Err(e @ Error::Invalid { .. }) => Err(e),

@@ -41,6 +41,17 @@ pub const MAX_RECORD: u32 = 80 << 20;
 pub trait Journal: Send + Sync + 'static {
     /// Append a record and return its sequence number once it is durable.
     fn append(&self, payload: &[u8]) -> Result<u64>;
+    /// Write a record without waiting for it to be durable; [`Journal::wait_durable`] waits.
+    /// Records become durable in sequence order, so once one is, every earlier one is too.
+    /// (A journal without a cheaper split makes the record durable here.)
+    fn submit(&self, payload: &[u8]) -> Result<u64> {
+        self.append(payload)
+    }
+    /// Wait until the record `seq` (from [`Journal::submit`]) is durable.
+    fn wait_durable(&self, seq: u64) -> Result<()> {
+        let _ = seq;
+        Ok(())
+    }
     /// Visit every record after the last trim, oldest first.
     fn replay(&self, visit: &mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<()>;
     /// Drop the records up to and including `seq`.
@@ -277,7 +288,7 @@ impl FileJournal {
     }
 
     /// Wait until `seq` is durable, syncing if nobody else is.
-    fn wait_durable(&self, seq: u64) -> Result<()> {
+    fn sync_through(&self, seq: u64) -> Result<()> {
         let mut s = self.sync_state();
         loop {
             if self.poisoned.load(Ordering::Acquire) {
@@ -312,6 +323,16 @@ impl FileJournal {
 
 impl Journal for FileJournal {
     fn append(&self, payload: &[u8]) -> Result<u64> {
+        let seq = self.submit(payload)?;
+        self.sync_through(seq)?;
+        Ok(seq)
+    }
+
+    fn wait_durable(&self, seq: u64) -> Result<()> {
+        self.sync_through(seq)
+    }
+
+    fn submit(&self, payload: &[u8]) -> Result<u64> {
         if payload.is_empty() || payload.len() > MAX_RECORD as usize {
             return Err(Error::invalid("journal record of impossible size"));
         }
@@ -332,7 +353,6 @@ impl Journal for FileJournal {
             self.written.store(seq, Ordering::Release);
             seq
         };
-        self.wait_durable(seq)?;
         Ok(seq)
     }
 

@@ -1,5 +1,5 @@
-//! Per-placement-group runtime state on one OSD: the lock that orders its mutations, and (on the
-//! primary) how far peering and recovery have got.
+//! Per-placement-group runtime state on one OSD: the locks that order its mutations and keep
+//! it quiet for recovery, and (on the primary) how far peering and recovery have got.
 
 use cairn_proto::{ClusterMap, OsdId, PgId, PgState};
 use std::collections::{BTreeSet, HashMap};
@@ -10,9 +10,13 @@ use tokio::task::JoinHandle;
 /// One placement group's slot.
 #[derive(Default)]
 pub struct PgSlot {
-    /// Held across journal + replication of each mutation (so replicas get them in version
-    /// order), across each recovery push, and while peering.
-    pub lock: tokio::sync::Mutex<()>,
+    /// Held shared by each mutation from its checks until it is acknowledged (on the primary)
+    /// or applied (on a replica); held exclusively by what needs the group quiet: each
+    /// recovery push, peering, a listing, a repair.
+    pub lock: tokio::sync::RwLock<()>,
+    /// Orders a group's mutations: held while one is given its version, journaled (not yet
+    /// synced) and sent to the replicas; the syncs and round trips then overlap with the next.
+    pub order: tokio::sync::Mutex<()>,
     pub rt: Mutex<PgRt>,
     /// Semi-synchronous mode: permits for unacknowledged remote writes (and the window size).
     window: Mutex<Option<(u32, Arc<Semaphore>)>>,

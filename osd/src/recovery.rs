@@ -186,7 +186,7 @@ async fn peer_pg_locked(
     peers: &[(OsdId, PgInfo)],
 ) -> Result<BTreeSet<OsdId>> {
     let slot = sh.pgs.get(pg);
-    let _g = slot.lock.lock().await;
+    let _g = slot.lock.write().await;
     check_still(sh, map)?;
     let mine = sh.store.pg_info(pg)?;
     let best = peers
@@ -409,7 +409,7 @@ async fn clean_strays(sh: &Arc<Shared>, map: &ClusterMap) -> Result<()> {
             {
                 tracing::info!(osd = %sh.id, %pg, "removing a stray copy; the PG is clean");
                 let slot = sh.pgs.get(pg);
-                let _g = slot.lock.lock().await;
+                let _g = slot.lock.write().await;
                 sh.blocking(move |s| s.remove_pg(pg)).await?;
                 removed = true;
             }
@@ -546,14 +546,14 @@ async fn recover_member(
         tracing::info!(osd = %sh.id, %pg, %target, objects = oids.len(), since = t.last_complete,
             "recovering a member from the log");
         for oid in oids {
-            let _g = slot.lock.lock().await;
+            let _g = slot.lock.write().await;
             check_still(sh, map)?;
             let bytes = push_object(sh, pg, oid, target, None).await?;
             drop(_g);
             count_push(sh, bytes);
             sh.throttle.take(bytes.max(1)).await;
         }
-        let _g = slot.lock.lock().await;
+        let _g = slot.lock.write().await;
         check_still(sh, map)?;
         let now = sh.store.pg_info(pg)?;
         let log = sh.store.pg_log(pg, since)?;
@@ -571,7 +571,7 @@ async fn recover_member(
                     .get(&item.oid)
                     .is_some_and(|t| t.version == item.version && t.digest == item.digest);
                 if !same {
-                    let _g = slot.lock.lock().await;
+                    let _g = slot.lock.write().await;
                     check_still(sh, map)?;
                     let bytes = push_object(sh, pg, item.oid, target, None).await?;
                     drop(_g);
@@ -585,13 +585,13 @@ async fn recover_member(
             }
         }
         for oid in theirs.keys() {
-            let _g = slot.lock.lock().await;
+            let _g = slot.lock.write().await;
             check_still(sh, map)?;
             if sh.store.stat(pg, *oid)?.is_none() {
                 push_object(sh, pg, *oid, target, None).await?;
             }
         }
-        let _g = slot.lock.lock().await;
+        let _g = slot.lock.write().await;
         check_still(sh, map)?;
         let now = sh.store.pg_info(pg)?;
         activate(sh, target, pg, now.last_update, Vec::new(), true).await

@@ -1,9 +1,11 @@
 //! Client operations on the primary, replication to the other members, and the replica side of
 //! every peer message.
 //!
-//! A mutation: epoch and primary checks → the PG lock → version = last_update + 1 → journal and
-//! apply locally → `SubOp` to every other up member in parallel → wait as the pool's write mode
-//! says. A replica whose copy is not at the op's `prior` version answers `Missing` and gets the
+//! A mutation: epoch and primary checks → the PG lock → version = last_update + 1 → then, in a
+//! synchronous pool, the local journal commit and a `SubOp` to every other up member all at
+//! once (what could make the local commit refuse the op is checked before any is sent); in the
+//! asynchronous modes the local commit first, then the sub-ops in the background as the
+//! pool's write mode says. A replica whose copy is not at the op's `prior` version answers `Missing` and gets the
 //! whole object pushed. An unreachable replica is reported to the metadata service and the write
 //! waits (bounded) for the map to mark it down before it stops counting on it.
 //!
@@ -27,6 +29,8 @@ use tokio::sync::OwnedSemaphorePermit;
 pub const PIECE: u64 = 4 << 20;
 /// Largest page of a listing or query.
 const MAX_PAGE: u32 = 10_000;
+/// How long a replica holds a sub-op back for the one the primary ordered before it.
+const SUBOP_ORDER_WAIT: Duration = Duration::from_secs(2);
 
 pub(crate) async fn handle_client(
     sh: &Arc<Shared>,
@@ -99,7 +103,7 @@ pub(crate) async fn handle_client(
             // after a map change (a file move beginning) must include every write accepted
             // before it.
             let slot = sh.pgs.get(pg);
-            let _order = slot.lock.lock().await;
+            let _order = slot.lock.write().await;
             let (objects, more) = sh
                 .blocking(move |s| s.list(pg, after, limit))
                 .await
@@ -243,8 +247,12 @@ async fn mutate(
 ) -> Result<u64, WireError> {
     let (pool, pg, _) = locate(sh, epoch, pool_id, oid).await?;
     let slot = sh.pgs.get(pg);
-    let _order = slot.lock.lock().await;
-    // The map may have moved while we waited for the lock.
+    // Held shared for the whole mutation: what needs the group quiet (peering, recovery pushes,
+    // listings) takes it exclusively. The order lock is held only while the version is given
+    // out, the journal record written and the sub-ops sent.
+    let _in_flight = slot.lock.read().await;
+    let order = slot.order.lock().await;
+    // The map may have moved while we waited.
     let map = sh.map();
     crate::server::epoch_ok(&map, epoch)?;
     check_serving(sh, &map, pg)?;
@@ -261,41 +269,95 @@ async fn mutate(
             min_size: pool.min_size,
         });
     }
-    let version = sh.store.pg_info(pg).map_err(|e| sh.wire(e))?.last_update + 1;
+    let (version, after) = sh.durable.next_version(pg).map_err(|e| sh.wire(e))?;
     let mtime = now_micros();
-    let prior = sh
-        .durable
-        .commit(
+    let mutation = Mutation::Apply {
+        version,
+        op: op.clone(),
+        mtime,
+    };
+    let replicas: Vec<OsdId> = up.into_iter().filter(|o| *o != sh.id).collect();
+    if pool.mode != WriteMode::Sync || replicas.is_empty() {
+        // Local commit first; the asynchronous modes then replicate in the background, one
+        // sub-op after another.
+        let prior = sh
+            .durable
+            .commit(pg, oid, mutation)
+            .await
+            .map_err(|e| sh.wire(e))?;
+        Stats::inc(&sh.stats.writes);
+        let sub = SubOp {
+            epoch,
             pg,
+            version,
+            prior,
+            after: 0,
             oid,
-            Mutation::Apply {
-                version,
-                op: op.clone(),
-                mtime,
-            },
-        )
+            op,
+            mtime,
+        };
+        match pool.mode {
+            WriteMode::Sync => {}
+            WriteMode::Async => replicate_background(sh, sub, replicas, None),
+            WriteMode::SemiSync { window } => {
+                let permit = semi_sync_permit(sh, pg, window).await;
+                replicate_background(sh, sub, replicas, Some(permit));
+            }
+        }
+        return Ok(version);
+    }
+    // Synchronous replication, pipelined: the journal record is written (not yet synced) and
+    // the sub-ops sent in version order under the order lock; then the local sync and apply
+    // and the replicas' round trips run at once, while the next mutations of the group go
+    // ahead. Whatever could make the local commit refuse the op is checked before any sub-op
+    // is sent; if it still fails later (a disk error), the group peers again before it
+    // serves, which settles whichever members applied it.
+    sh.durable.validate(&mutation).map_err(|e| sh.wire(e))?;
+    let staged = sh
+        .durable
+        .stage(pg, oid, mutation)
         .await
         .map_err(|e| sh.wire(e))?;
-    Stats::inc(&sh.stats.writes);
     let sub = SubOp {
         epoch,
         pg,
         version,
-        prior,
+        prior: staged.prior(),
+        after,
         oid,
         op,
         mtime,
     };
-    let replicas: Vec<OsdId> = up.into_iter().filter(|o| *o != sh.id).collect();
-    match pool.mode {
-        WriteMode::Sync => replicate_sync(sh, &pool, sub, replicas).await?,
-        WriteMode::Async => replicate_background(sh, sub, replicas, None),
-        WriteMode::SemiSync { window } => {
-            let permit = semi_sync_permit(sh, pg, window).await;
-            replicate_background(sh, sub, replicas, Some(permit));
-        }
+    let (local_tx, local_rx) = tokio::sync::watch::channel(LocalCommit::Pending);
+    let sends = send_subops(sh, &sub, &replicas, &local_rx);
+    drop(order);
+    let local = async {
+        let r = sh.durable.finish(staged).await;
+        let _ = local_tx.send(if r.is_ok() {
+            LocalCommit::Done
+        } else {
+            LocalCommit::Failed
+        });
+        r
+    };
+    let (local, remote) = tokio::join!(local, replicas_acked(sh, &pool, &sub, sends));
+    if let Err(e) = local {
+        tracing::warn!(%pg, %oid, version, error = %e, "local commit failed after its sub-ops were sent; peering again");
+        slot.rt().peered_epoch = None;
+        sh.peering_kick.notify_one();
+        return Err(sh.wire(e));
     }
+    Stats::inc(&sh.stats.writes);
+    remote?;
     Ok(version)
+}
+
+/// How the primary's own commit of a mutation replicated in parallel went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LocalCommit {
+    Pending,
+    Done,
+    Failed,
 }
 
 /// A replicated mutation.
@@ -305,6 +367,7 @@ struct SubOp {
     pg: PgId,
     version: u64,
     prior: u64,
+    after: u64,
     oid: Oid,
     op: ObjOp,
     mtime: i64,
@@ -317,6 +380,7 @@ impl SubOp {
             pg: self.pg,
             version: self.version,
             prior: self.prior,
+            after: self.after,
             oid: self.oid,
             op: self.op.clone(),
             mtime: self.mtime,
@@ -337,11 +401,29 @@ enum Sent {
     Failed(WireError),
 }
 
-async fn send_subop(sh: &Arc<Shared>, to: OsdId, sub: &SubOp) -> Sent {
+/// `local`: the primary's own commit, when it runs in parallel; a replica that lacks the
+/// object's prior version is pushed the primary's copy, so that waits for it.
+async fn send_subop(
+    sh: &Arc<Shared>,
+    to: OsdId,
+    sub: &SubOp,
+    local: Option<tokio::sync::watch::Receiver<LocalCommit>>,
+) -> Sent {
     match sh.peer(to, sub.request(), sh.peer_timeout()).await {
         Ok(PeerResponse::Applied) => Sent::Acked,
         Ok(PeerResponse::Missing) => {
             Stats::inc(&sh.stats.missing_pushes);
+            if let Some(mut local) = local {
+                match local.wait_for(|c| *c != LocalCommit::Pending).await {
+                    Ok(c) if *c == LocalCommit::Done => {}
+                    _ => return Sent::Failed(WireError::ShuttingDown),
+                }
+            }
+            // Push a settled copy: no new mutation of the group is ordered meanwhile, and the
+            // ones of this object already in flight are applied first.
+            let slot = sh.pgs.get(sub.pg);
+            let _order = slot.order.lock().await;
+            sh.durable.settle(sub.pg, sub.oid).await;
             match push_object(sh, sub.pg, sub.oid, to, Some(sub.entry())).await {
                 Ok(_) => Sent::Acked,
                 Err(e) => classify(sh, e),
@@ -365,17 +447,29 @@ fn classify(sh: &Shared, e: Error) -> Sent {
     }
 }
 
-async fn replicate_sync(
+/// Start a sub-op to every replica (spawned now, so they leave in the order they are started).
+fn send_subops(
+    sh: &Arc<Shared>,
+    sub: &SubOp,
+    replicas: &[OsdId],
+    local: &tokio::sync::watch::Receiver<LocalCommit>,
+) -> tokio::task::JoinSet<(OsdId, Sent)> {
+    let mut set = tokio::task::JoinSet::new();
+    for &r in replicas {
+        let (sh, sub, local) = (sh.clone(), sub.clone(), local.clone());
+        set.spawn(async move { (r, send_subop(&sh, r, &sub, Some(local)).await) });
+    }
+    set
+}
+
+/// Wait for the replicas' answers: every up replica has the write durably, or the ones that
+/// did not answer are marked down and enough copies remain.
+async fn replicas_acked(
     sh: &Arc<Shared>,
     pool: &Pool,
-    sub: SubOp,
-    replicas: Vec<OsdId>,
+    sub: &SubOp,
+    mut set: tokio::task::JoinSet<(OsdId, Sent)>,
 ) -> Result<(), WireError> {
-    let mut set = tokio::task::JoinSet::new();
-    for r in replicas {
-        let (sh, sub) = (sh.clone(), sub.clone());
-        set.spawn(async move { (r, send_subop(&sh, r, &sub).await) });
-    }
     let mut acked = 0usize;
     let mut unreachable = Vec::new();
     let mut failure = None;
@@ -464,7 +558,7 @@ fn replicate_background(
         }
         let mut unreachable = Vec::new();
         for r in replicas {
-            match send_subop(&sh, r, &sub).await {
+            match send_subop(&sh, r, &sub, None).await {
                 Sent::Acked => {}
                 Sent::Unreachable => unreachable.push(r),
                 // The replica catches up through peering on the next map.
@@ -570,7 +664,7 @@ pub(crate) async fn repair_from_replica(
     let _g = if locked {
         None
     } else {
-        Some(slot.lock.lock().await)
+        Some(slot.lock.write().await)
     };
     if sh.blocking(move |s| s.verify(pg, oid)).await.is_ok() {
         // Repaired by someone else while we waited for the lock.
@@ -676,25 +770,40 @@ pub(crate) async fn handle_peer(
             pg,
             version,
             prior,
+            after,
             oid,
             op,
             mtime,
         } => {
             sh.check_peer_epoch(epoch).await?;
             let slot = sh.pgs.get(pg);
-            let _g = slot.lock.lock().await;
-            let cur = sh.store.stat(pg, oid).map_err(w)?.map_or(0, |s| s.version);
+            let _in_flight = slot.lock.read().await;
+            // Apply in the primary's order: requests may overtake each other on the way.
+            if !sh.durable.wait_staged(pg, after, SUBOP_ORDER_WAIT).await {
+                tracing::debug!(%pg, version, after, "sub-op went ahead of one that did not come");
+            }
+            let order = slot.order.lock().await;
+            // A peering primary may have made us adopt a newer placement meanwhile.
+            crate::server::epoch_ok(&sh.map(), epoch)?;
+            let cur = sh.durable.version_of(pg, oid).map_err(w)?;
             if cur == version && !matches!(op, ObjOp::Delete) {
+                // A retry: answer once the first attempt is durable.
+                drop(order);
+                sh.durable.settle(pg, oid).await;
                 return Ok(PeerResponse::Applied);
             }
             // A delete's outcome does not depend on what it replaces.
             if cur != prior && !matches!(op, ObjOp::Delete) {
+                sh.durable.passed(pg, version);
                 return Ok(PeerResponse::Missing);
             }
-            sh.durable
-                .commit(pg, oid, Mutation::Apply { version, op, mtime })
+            let staged = sh
+                .durable
+                .stage(pg, oid, Mutation::Apply { version, op, mtime })
                 .await
                 .map_err(w)?;
+            drop(order);
+            sh.durable.finish(staged).await.map_err(w)?;
             Ok(PeerResponse::Applied)
         }
         PeerRequest::PgInfos { epoch, pgs } => {
@@ -708,7 +817,7 @@ pub(crate) async fn handle_peer(
             for pg in pgs {
                 if held.binary_search(&pg).is_ok() {
                     let slot = sh.pgs.get(pg);
-                    let _quiesced = slot.lock.lock().await;
+                    let _quiesced = slot.lock.write().await;
                     out.push((pg, sh.store.pg_info(pg).map_err(w)?));
                 }
             }
@@ -760,7 +869,7 @@ pub(crate) async fn handle_peer(
         } => {
             sh.check_peer_epoch(epoch).await?;
             let slot = sh.pgs.get(pg);
-            let _g = slot.lock.lock().await;
+            let _g = slot.lock.write().await;
             sh.durable
                 .commit(
                     pg,
@@ -778,7 +887,7 @@ pub(crate) async fn handle_peer(
         PeerRequest::PushRemove { epoch, pg, oid } => {
             sh.check_peer_epoch(epoch).await?;
             let slot = sh.pgs.get(pg);
-            let _g = slot.lock.lock().await;
+            let _g = slot.lock.write().await;
             sh.durable
                 .commit(pg, oid, Mutation::Remove)
                 .await
@@ -794,7 +903,7 @@ pub(crate) async fn handle_peer(
         } => {
             sh.check_peer_epoch(epoch).await?;
             let slot = sh.pgs.get(pg);
-            let _g = slot.lock.lock().await;
+            let _g = slot.lock.write().await;
             sh.blocking(move |s| {
                 s.activate(pg, last_update, &log, backfilled)?;
                 s.sync()

@@ -59,7 +59,7 @@ impl ScrubWorker {
                     continue;
                 }
                 let slot = sh.pgs.get(pg);
-                let _g = slot.lock.lock().await;
+                let _g = slot.lock.write().await;
                 // A write since our scan explains the difference; the next pass looks again.
                 let now = sh.store.stat(pg, mine.oid)?.map(|s| s.version);
                 if now != Some(mine.version) || !sh.map().same_interval(map.epoch) {

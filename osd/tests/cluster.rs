@@ -629,3 +629,128 @@ async fn concurrent_writers_to_one_pg_stay_in_version_order() {
     .await
     .unwrap();
 }
+
+/// One acknowledged write of the model test: which object, where, its version, and what the
+/// writer read back right after the acknowledgement.
+struct Acked {
+    oid: Oid,
+    offset: u64,
+    cells: u64,
+    version: u64,
+    seen: Bytes,
+}
+
+/// Bytes of the model test's objects: 2-byte cells, each holding the id of the write that put
+/// it there (0: never written).
+const MODEL_LEN: u64 = 512;
+
+fn cell(buf: &[u8], i: u64) -> u16 {
+    let i = i as usize * 2;
+    match buf.get(i..i + 2) {
+        Some(b) => u16::from_be_bytes([b[0], b[1]]),
+        None => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_overlapping_writes_read_back_as_the_version_order_model() {
+    use rand::{Rng, SeedableRng};
+    timeout(async {
+        let c = std::sync::Arc::new(Cluster::start(3, |_| {}).await);
+        // One PG, so every write of every object is ordered by the same primary.
+        let pool = c.create_pool("p", 3, 2, 1, WriteMode::Sync).await;
+        c.wait_clean().await;
+        let objects = [Oid(7), Oid(8)];
+        let mut tasks = Vec::new();
+        for w in 0..8u16 {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(u64::from(w));
+                let mut out = Vec::new();
+                for i in 0..24u16 {
+                    let id = w * 100 + i + 1;
+                    // Most writes hit the shared object, the rest the other one.
+                    let oid = objects[usize::from(rng.gen_bool(0.25))];
+                    let cells = rng.gen_range(1..=64u64);
+                    let offset = rng.gen_range(0..=MODEL_LEN / 2 - cells);
+                    let data: Vec<u8> = (0..cells).flat_map(|_| id.to_be_bytes()).collect();
+                    let version = c
+                        .mutate(
+                            pool,
+                            oid,
+                            ObjOp::Write {
+                                offset: offset * 2,
+                                data: Bytes::from(data),
+                            },
+                        )
+                        .await
+                        .unwrap();
+                    let seen = c.read(pool, oid, 0, MODEL_LEN as u32).await.unwrap();
+                    out.push((
+                        id,
+                        Acked {
+                            oid,
+                            offset,
+                            cells,
+                            version,
+                            seen,
+                        },
+                    ));
+                }
+                out
+            }));
+        }
+        let mut acked = BTreeMap::new();
+        for t in tasks {
+            acked.extend(t.await.unwrap());
+        }
+        let covers = |a: &Acked, oid: Oid, i: u64| {
+            a.oid == oid && (a.offset..a.offset + a.cells).contains(&i)
+        };
+        // Right after each acknowledgement, each cell of the write holds it or a later write
+        // over that cell; every other cell holds some write over it, or nothing.
+        for (id, a) in &acked {
+            for i in 0..MODEL_LEN / 2 {
+                let got = cell(&a.seen, i);
+                if covers(a, a.oid, i) {
+                    let later = acked
+                        .get(&got)
+                        .is_some_and(|b| b.version >= a.version && covers(b, a.oid, i));
+                    assert!(later, "write {id} (v{}), cell {i}: holds {got}", a.version);
+                } else if got != 0 {
+                    assert!(
+                        acked.get(&got).is_some_and(|b| covers(b, a.oid, i)),
+                        "write {id}, cell {i}: holds {got}, which never wrote there"
+                    );
+                }
+            }
+        }
+        // Afterwards every object on every member is the writes applied in version order.
+        let mut versions: Vec<u64> = acked.values().map(|a| a.version).collect();
+        versions.sort_unstable();
+        versions.dedup();
+        assert_eq!(versions.len(), acked.len(), "two writes got one version");
+        for oid in objects {
+            let mut model = vec![0u16; (MODEL_LEN / 2) as usize];
+            let mut order: Vec<(&u16, &Acked)> =
+                acked.iter().filter(|(_, a)| a.oid == oid).collect();
+            order.sort_by_key(|(_, a)| a.version);
+            for (id, a) in order {
+                for i in a.offset..a.offset + a.cells {
+                    model[i as usize] = *id;
+                }
+            }
+            let last = model.iter().rposition(|x| *x != 0).map_or(0, |i| i + 1);
+            let want: Vec<u8> = model[..last].iter().flat_map(|x| x.to_be_bytes()).collect();
+            let got = c.read(pool, oid, 0, MODEL_LEN as u32).await.unwrap();
+            assert_eq!(got, want, "{oid}: not the version-order model");
+            assert_replicated(&c, pool, oid, &want).await;
+        }
+        match std::sync::Arc::try_unwrap(c) {
+            Ok(c) => c.shutdown().await,
+            Err(_) => panic!("cluster still shared"),
+        }
+    })
+    .await
+    .unwrap();
+}

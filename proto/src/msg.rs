@@ -474,6 +474,10 @@ pub enum PeerRequest {
         pg: PgId,
         version: u64,
         prior: u64,
+        /// The group's version the primary had in flight when it ordered this one (0: none):
+        /// the replica applies this one after that one (the primary pipelines a group's
+        /// mutations, and requests may overtake each other on the way).
+        after: u64,
         oid: Oid,
         op: ObjOp,
         /// The primary's mtime of the change, so every copy's stat agrees.
