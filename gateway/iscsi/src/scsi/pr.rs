@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::sense::Sense;
 use super::Nexus;
-use crate::error::GatewayError;
+use crate::error::IscsiError;
 
 /// Reservation types.
 pub mod kind {
@@ -71,8 +71,8 @@ pub struct PrState {
 /// Where PR state is kept between commands, gateways and restarts.
 #[async_trait]
 pub trait ReservationStore: Send + Sync {
-    async fn load(&self, target: &str, lun: u64) -> Result<Option<PrState>, GatewayError>;
-    async fn save(&self, target: &str, lun: u64, state: &PrState) -> Result<(), GatewayError>;
+    async fn load(&self, target: &str, lun: u64) -> Result<Option<PrState>, IscsiError>;
+    async fn save(&self, target: &str, lun: u64, state: &PrState) -> Result<(), IscsiError>;
 }
 
 /// A [`ReservationStore`] that lives as long as the process.
@@ -83,7 +83,7 @@ pub struct InMemoryReservationStore {
 
 #[async_trait]
 impl ReservationStore for InMemoryReservationStore {
-    async fn load(&self, target: &str, lun: u64) -> Result<Option<PrState>, GatewayError> {
+    async fn load(&self, target: &str, lun: u64) -> Result<Option<PrState>, IscsiError> {
         Ok(self
             .states
             .lock()
@@ -91,7 +91,7 @@ impl ReservationStore for InMemoryReservationStore {
             .get(&(target.to_string(), lun))
             .cloned())
     }
-    async fn save(&self, target: &str, lun: u64, state: &PrState) -> Result<(), GatewayError> {
+    async fn save(&self, target: &str, lun: u64, state: &PrState) -> Result<(), IscsiError> {
         self.states
             .lock()
             .unwrap_or_else(|e| e.into_inner())

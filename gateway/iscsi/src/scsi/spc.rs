@@ -65,7 +65,7 @@ pub fn report_luns(cdb: &[u8], luns: &[u64]) -> Result<Reply, Sense> {
     v.extend_from_slice(&((list.len() * 8) as u32).to_be_bytes());
     v.extend_from_slice(&[0; 4]);
     for l in list {
-        v.extend_from_slice(&crate::iscsi::pdu::lun_field(l).to_be_bytes());
+        v.extend_from_slice(&crate::pdu::lun_field(l).to_be_bytes());
     }
     Ok(truncate(v, alloc))
 }

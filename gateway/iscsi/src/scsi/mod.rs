@@ -24,7 +24,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::block::BlockDevice;
-use crate::error::GatewayError;
+use crate::error::IscsiError;
 use cdb::opcode as op;
 use pr::{Access, PrState, ReservationStore};
 use sense::{key, status, Sense};
@@ -219,7 +219,7 @@ impl LogicalUnit {
         lun: u64,
         dev: Arc<dyn BlockDevice>,
         store: Arc<dyn ReservationStore>,
-    ) -> Result<Self, GatewayError> {
+    ) -> Result<Self, IscsiError> {
         let pr = store.load(target, lun).await?.unwrap_or_default();
         let size = dev.size();
         let mode = ModeSettings::for_device(dev.as_ref());

@@ -23,19 +23,19 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-use super::io::{Frame, PduReader};
-use super::login::{self, LoggedIn};
-use super::pdu::{
+use crate::error::IscsiError;
+use crate::io::{Frame, PduReader};
+use crate::login::{self, LoggedIn};
+use crate::pdu::{
     self, lun_number, op, reject, DataOut, Digests, LogoutRequest, NopOut, Pdu, PduError, Request,
     ScsiCommand, TaskMgmt, TextRequest, TmfFunction, RESERVED_TAG,
 };
-use super::server::Shared;
-use super::session::{CmdSnCheck, Session};
-use super::text::{encode_pairs, negotiate, parse_pairs, KeyOutcome, Params};
-use crate::error::GatewayError;
 use crate::scsi::sense::{key, status, Sense};
 use crate::scsi::task_set::{TaskAttr, Ticket};
 use crate::scsi::{self, Outcome, UA_COMMANDS_CLEARED};
+use crate::server::Shared;
+use crate::session::{CmdSnCheck, Session};
+use crate::text::{encode_pairs, negotiate, parse_pairs, KeyOutcome, Params};
 
 /// Largest write a single command may stage in memory.
 const MAX_WRITE_BUFFER: u32 = 64 * 1024 * 1024;
@@ -218,7 +218,7 @@ pub async fn run(stream: TcpStream, shared: Arc<Shared>, mut shutdown: watch::Re
                 send(&tx, reject(pdu::reject::DATA_DIGEST, &bhs), true).await;
             }
             Ok(None) => break,
-            Err(GatewayError::Pdu(PduError::DataSegmentTooLong { len, max })) => {
+            Err(IscsiError::Pdu(PduError::DataSegmentTooLong { len, max })) => {
                 tracing::info!(?peer, len, max, "data segment too long; closing connection");
                 if let Some(bhs) = reader.pending_header() {
                     send(&tx, reject(pdu::reject::PROTOCOL_ERROR, &bhs), true).await;

@@ -1,14 +1,5 @@
-//! The S3-compatible HTTP API over the uniform namespace.
-//!
-//! [`s3s`] parses requests, checks AWS Signature V4 (headers, presigned URLs, aws-chunked
-//! payloads, clock skew) and writes S3's XML answers and errors; this module supplies who the
-//! users are ([`auth`]), what each operation does to the namespace ([`service`], [`store`]) and
-//! the HTTP server: path-style and virtual-host-style requests (`bucket.DOMAIN`), bounded
-//! connections and header timeouts, stopped by the gateway's stop signal.
-
-pub mod auth;
-pub mod service;
-pub mod store;
+//! The S3 HTTP server: path-style and virtual-host-style requests (`bucket.DOMAIN`), optional
+//! TLS, bounded connections and header timeouts, stopped by the caller's stop signal.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,7 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::error::GatewayError;
+use crate::error::S3ServerError;
+use crate::{auth, service, store};
 
 /// S3 server tunables (the `[s3]` table of the gateway's configuration).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -60,21 +52,21 @@ impl Default for S3Options {
 }
 
 impl S3Options {
-    pub fn validate(&self) -> Result<(), GatewayError> {
+    pub fn validate(&self) -> Result<(), S3ServerError> {
         if self.max_connections == 0 {
-            return Err(GatewayError::InvalidOption {
+            return Err(S3ServerError::InvalidOption {
                 field: "s3.max_connections",
                 reason: "must be at least 1",
             });
         }
         if self.header_timeout_secs == 0 {
-            return Err(GatewayError::InvalidOption {
+            return Err(S3ServerError::InvalidOption {
                 field: "s3.header_timeout_secs",
                 reason: "must be at least 1",
             });
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err(GatewayError::InvalidOption {
+            return Err(S3ServerError::InvalidOption {
                 field: "s3.tls_cert",
                 reason: "TLS needs both a certificate and its key",
             });
@@ -83,12 +75,12 @@ impl S3Options {
     }
 
     /// The TLS acceptor, when a certificate is configured.
-    pub fn tls(&self) -> Result<Option<TlsAcceptor>, GatewayError> {
+    pub fn tls(&self) -> Result<Option<TlsAcceptor>, S3ServerError> {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
             return Ok(None);
         };
         let bad = |what: &str, path: &PathBuf, e: &dyn std::fmt::Display| {
-            GatewayError::Io(std::io::Error::new(
+            S3ServerError::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("S3 TLS {what} {}: {e}", path.display()),
             ))
@@ -143,7 +135,7 @@ pub async fn serve(
     cluster: Cluster,
     opts: S3Options,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), GatewayError> {
+) -> Result<(), S3ServerError> {
     let users = auth::Users::new(cluster.clone());
     let fs = FsClient::new(cluster);
     let s3 = service::CairnS3 {
@@ -225,7 +217,7 @@ async fn serve_conn<IO>(
 }
 
 /// Bind `addr` for S3; the bound address.
-pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), GatewayError> {
+pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), S3ServerError> {
     let l = TcpListener::bind(addr).await?;
     let a = l.local_addr()?;
     Ok((l, a))

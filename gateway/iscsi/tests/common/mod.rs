@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use cairn_gateway::iscsi::pdu::{self, op, Digests, Pdu};
-use cairn_gateway::{serve, InMemoryRegistry, IscsiOptions, TargetConfig};
+use cairn_iscsi::pdu::{self, op, Digests, Pdu};
+use cairn_iscsi::{serve, InMemoryRegistry, IscsiOptions, TargetConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;

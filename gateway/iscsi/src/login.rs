@@ -13,15 +13,15 @@ use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::chap;
-use super::io::{Frame, PduReader};
-use super::pdu::{op, Digests, LoginRequest, Pdu};
-use super::server::Shared;
-use super::session::{Session, SessionKey};
-use super::text::{encode_pairs, negotiate, parse_pairs, KeyOutcome, Params};
-use crate::error::GatewayError;
+use crate::chap;
+use crate::error::IscsiError;
+use crate::io::{Frame, PduReader};
+use crate::pdu::{op, Digests, LoginRequest, Pdu};
 use crate::scsi::Nexus;
+use crate::server::Shared;
+use crate::session::{Session, SessionKey};
 use crate::target::{ChapConfig, TargetConfig};
+use crate::text::{encode_pairs, negotiate, parse_pairs, KeyOutcome, Params};
 
 /// Largest login data segment accepted (RFC 7143 fixes 8192 during login; allow slack).
 const LOGIN_MAX_DATA: usize = 65_536;
@@ -95,7 +95,7 @@ pub async fn login<R, W>(
     rd: &mut PduReader<R>,
     wr: &mut W,
     shared: &Shared,
-) -> Result<Option<LoggedIn>, GatewayError>
+) -> Result<Option<LoggedIn>, IscsiError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -201,7 +201,7 @@ where
     }
 }
 
-async fn write<W: AsyncWrite + Unpin>(wr: &mut W, p: &Pdu) -> Result<(), GatewayError> {
+async fn write<W: AsyncWrite + Unpin>(wr: &mut W, p: &Pdu) -> Result<(), IscsiError> {
     let mut out = BytesMut::new();
     p.encode(&mut out, Digests::default());
     wr.write_all(&out).await?;
@@ -233,7 +233,7 @@ async fn fail<W: AsyncWrite + Unpin>(
     req: &LoginRequest,
     statsn: u32,
     status: LoginStatus,
-) -> Result<(), GatewayError> {
+) -> Result<(), IscsiError> {
     let mut r = Pdu::new(op::LOGIN_RSP);
     r.bhs[1] = req.csg << 2;
     r.bhs[8..14].copy_from_slice(&req.isid);
@@ -254,7 +254,7 @@ async fn process(
     st: &mut State,
     req: &LoginRequest,
     pairs: Vec<(String, String)>,
-) -> Result<Step, GatewayError> {
+) -> Result<Step, IscsiError> {
     let mut out: Vec<(String, String)> = Vec::new();
     // Identity keys first: they decide which target and which authentication apply.
     for (k, v) in &pairs {
@@ -439,7 +439,7 @@ async fn finish(
     shared: &Shared,
     st: &mut State,
     req: &LoginRequest,
-) -> Result<Result<LoggedIn, LoginStatus>, GatewayError> {
+) -> Result<Result<LoggedIn, LoginStatus>, IscsiError> {
     if chap_required(st) && st.auth != Auth::Done {
         return Ok(Err(LoginStatus::AUTH_FAILED));
     }

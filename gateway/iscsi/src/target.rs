@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use async_trait::async_trait;
 
 use crate::block::BlockDevice;
-use crate::error::GatewayError;
+use crate::error::IscsiError;
 use crate::scsi::pr::{InMemoryReservationStore, ReservationStore};
 
 /// A CHAP user name and secret.
@@ -90,11 +90,11 @@ impl std::fmt::Debug for TargetConfig {
 #[async_trait]
 pub trait TargetRegistry: Send + Sync {
     /// The IQNs of all targets, for SendTargets=All.
-    async fn target_names(&self) -> Result<Vec<String>, GatewayError>;
+    async fn target_names(&self) -> Result<Vec<String>, IscsiError>;
     /// One target's configuration, or `None` if it does not exist.
-    async fn lookup(&self, iqn: &str) -> Result<Option<Arc<TargetConfig>>, GatewayError>;
+    async fn lookup(&self, iqn: &str) -> Result<Option<Arc<TargetConfig>>, IscsiError>;
     /// Authentication required for discovery sessions.
-    async fn discovery_chap(&self) -> Result<ChapConfig, GatewayError> {
+    async fn discovery_chap(&self) -> Result<ChapConfig, IscsiError> {
         Ok(ChapConfig::default())
     }
     /// Where persistent reservations of this registry's LUNs are kept.
@@ -146,7 +146,7 @@ impl InMemoryRegistry {
 
 #[async_trait]
 impl TargetRegistry for InMemoryRegistry {
-    async fn target_names(&self) -> Result<Vec<String>, GatewayError> {
+    async fn target_names(&self) -> Result<Vec<String>, IscsiError> {
         Ok(self
             .targets
             .read()
@@ -155,7 +155,7 @@ impl TargetRegistry for InMemoryRegistry {
             .cloned()
             .collect())
     }
-    async fn lookup(&self, iqn: &str) -> Result<Option<Arc<TargetConfig>>, GatewayError> {
+    async fn lookup(&self, iqn: &str) -> Result<Option<Arc<TargetConfig>>, IscsiError> {
         Ok(self
             .targets
             .read()
@@ -163,7 +163,7 @@ impl TargetRegistry for InMemoryRegistry {
             .get(iqn)
             .cloned())
     }
-    async fn discovery_chap(&self) -> Result<ChapConfig, GatewayError> {
+    async fn discovery_chap(&self) -> Result<ChapConfig, IscsiError> {
         Ok(self
             .discovery
             .read()

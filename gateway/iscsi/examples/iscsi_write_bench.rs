@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use cairn_gateway::iscsi::pdu::{self, op, Digests, Pdu};
+use cairn_iscsi::pdu::{self, op, Digests, Pdu};
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -1,10 +1,10 @@
-//! Reading PDUs off a byte stream with [`super::pdu::parse`].
+//! Reading PDUs off a byte stream with [`crate::pdu::parse`].
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::pdu::{self, Digests, Pdu, PduError};
-use crate::error::GatewayError;
+use crate::error::IscsiError;
+use crate::pdu::{self, Digests, Pdu, PduError};
 
 /// What the reader got.
 #[derive(Debug)]
@@ -30,12 +30,12 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
 
     /// The next PDU, or `None` on a clean end of stream between PDUs. A stream that ends inside
     /// a PDU is an `UnexpectedEof` I/O error; framing errors other than a bad data digest are
-    /// returned as [`GatewayError::Pdu`] and leave the stream unusable.
+    /// returned as [`IscsiError::Pdu`] and leave the stream unusable.
     pub async fn next(
         &mut self,
         digests: Digests,
         max_data: usize,
-    ) -> Result<Option<Frame>, GatewayError> {
+    ) -> Result<Option<Frame>, IscsiError> {
         loop {
             match pdu::parse(&self.buf, digests, max_data) {
                 Ok((p, used)) => {
@@ -92,12 +92,12 @@ mod tests {
         ));
         assert!(matches!(
             r.next(Digests::default(), 8192).await,
-            Err(GatewayError::Io(_))
+            Err(IscsiError::Io(_))
         ));
         let mut r = PduReader::new(&wire[..]);
         assert!(matches!(
             r.next(Digests::default(), 4).await,
-            Err(GatewayError::Pdu(_))
+            Err(IscsiError::Pdu(_))
         ));
         assert!(r.pending_header().is_some());
     }

@@ -22,7 +22,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::digest::{crc32c, Crc32c};
+use crate::digest::{crc32c, Crc32c};
 
 pub const BHS_LEN: usize = 48;
 

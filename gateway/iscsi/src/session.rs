@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use super::text::Params;
 use crate::scsi::{LogicalUnit, Nexus};
 use crate::target::TargetConfig;
+use crate::text::Params;
 
 /// Serial number comparison (RFC 1982, 32 bits): `a < b`.
 pub fn sn_lt(a: u32, b: u32) -> bool {

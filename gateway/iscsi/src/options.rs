@@ -1,28 +1,9 @@
-//! The iSCSI target (RFC 7143).
-//!
-//! - `pdu.rs`: PDU framing and typed initiator PDUs; `digest.rs`: CRC32C; `io.rs`: framing
-//!   off a stream.
-//! - `text.rs`: key=value text and operational parameter negotiation.
-//! - `chap.rs` + `login.rs`: the login phase with CHAP and session creation.
-//! - `session.rs`: sessions, the CmdSN window and running tasks.
-//! - `conn.rs`: a connection in full feature phase (commands, R2T, Data-In, task
-//!   management, text, logout).
-//! - `server.rs`: [`serve`], the accept loop.
-
-pub mod chap;
-pub mod conn;
-pub mod digest;
-pub mod io;
-pub mod login;
-pub mod pdu;
-pub mod server;
-pub mod session;
-pub mod text;
+//! Settings of the iSCSI service and their RFC 7143 ranges.
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::GatewayError;
-pub use server::serve;
+use crate::error::IscsiError;
+use crate::text;
 
 /// Settings of the iSCSI service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,8 +58,8 @@ impl Default for IscsiOptions {
 impl IscsiOptions {
     /// Checks the ranges RFC 7143 allows and that the RFC defaults stay reachable (a key an
     /// initiator does not offer takes its default value).
-    pub fn validate(&self) -> Result<(), GatewayError> {
-        let bad = |field, reason| Err(GatewayError::InvalidOption { field, reason });
+    pub fn validate(&self) -> Result<(), IscsiError> {
+        let bad = |field, reason| Err(IscsiError::InvalidOption { field, reason });
         if !(512..=16_777_215).contains(&self.max_recv_data_segment_length) {
             return bad("max_recv_data_segment_length", "must be 512..=16777215");
         }
@@ -129,7 +110,7 @@ mod tests {
         };
         assert!(matches!(
             o.validate(),
-            Err(GatewayError::InvalidOption {
+            Err(IscsiError::InvalidOption {
                 field: "first_burst_length",
                 ..
             })

@@ -1,6 +1,16 @@
-//! NFSv3 export of the uniform namespace through `nfsserve` (NFS and MOUNT on one TCP port, no
-//! portmapper registration: clients name the port, e.g. libnfs
+//! cairn-nfs: NFSv3 export of the uniform namespace through `nfsserve` (NFS and MOUNT on one TCP
+//! port, no portmapper registration: clients name the port, e.g. libnfs
 //! `nfs://HOST/?version=3&nfsport=PORT&mountport=PORT`).
+//!
+//! ```text
+//!  TCP ──> serve_nfs   nfsserve's listener (XDR, RPC, MOUNT), stopped by the shutdown signal
+//!            └─> CairnNfs: nfsserve::vfs::NFSFileSystem    one call per NFS procedure
+//!                  ├─ fattr / nfs_time / set_time   inode attributes as fattr3 and back
+//!                  ├─ fs_status                     FsError as nfsstat3
+//!                  ├─ file handles                  (inode, generation), 16 bytes
+//!                  └─ readdir cookies               file id → name, a bounded table
+//!                        └─> cairn_client::FsClient   namespace and data of the cluster
+//! ```
 //!
 //! [`CairnNfs`] implements `nfsserve::vfs::NFSFileSystem` over [`FsClient`]: file ids are inode
 //! numbers (never reused), file handles carry `(inode, generation)`, and errors map onto

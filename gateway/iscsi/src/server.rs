@@ -8,13 +8,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use super::session::SessionTable;
-use super::text::Limits;
-use super::{conn, IscsiOptions};
 use crate::block::BlockDevice;
-use crate::error::GatewayError;
+use crate::error::IscsiError;
 use crate::scsi::LogicalUnit;
+use crate::session::SessionTable;
 use crate::target::TargetRegistry;
+use crate::text::Limits;
+use crate::{conn, IscsiOptions};
 
 /// How long `serve` waits for connections to finish after shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -52,7 +52,7 @@ impl Shared {
         target: &str,
         lun: u64,
         dev: &Arc<dyn BlockDevice>,
-    ) -> Result<Arc<LogicalUnit>, GatewayError> {
+    ) -> Result<Arc<LogicalUnit>, IscsiError> {
         let mut lus = self.lus.lock().await;
         let key = (target.to_string(), lun);
         if let Some(lu) = lus.get(&key) {
@@ -91,7 +91,7 @@ pub async fn serve(
     registry: Arc<dyn TargetRegistry>,
     opts: IscsiOptions,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), GatewayError> {
+) -> Result<(), IscsiError> {
     opts.validate()?;
     let limit = Arc::new(Semaphore::new(opts.max_clients));
     let shared = Arc::new(Shared::new(registry, opts));
