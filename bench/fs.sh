@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # File-system benchmark: cairn's FUSE mount beside a plain local directory on the same disk (the
-# limit) and a GlusterFS FUSE mount (2 bricks, /work/shared/peers/gluster.sh), in one run.
+# limit) and a GlusterFS FUSE mount (2 bricks, PEERS/gluster.sh), in one run.
 #   - 1 GiB sequential write (dd bs=1M conv=fsync) and read (dd bs=1M after drop_caches)
 #   - N files of 4 KiB: create+write, stat, read, unlink (files/s per phase, one thread)
 # Prints one table and the ratios cairn/local and cairn/gluster.
 # Usage: bench/fs.sh [WORKDIR=/tmp/cairn-fsbench] [NFILES=10000] [MiB=1024]
-# Env: CAIRN (binary, default target/release/cairn or target*/debug/cairn), GLUSTER=0 to skip.
+# Env: CAIRN (binary, default target/release/cairn or target*/debug/cairn), GLUSTER=0 to skip,
+# PEERS (the peer systems' scripts, default ../shared/peers beside the checkout).
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
+    exit 0
+fi
 set -u
 WD=${1:-/tmp/cairn-fsbench}
 N=${2:-10000}
 S=${3:-1024}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-PEERS=/work/shared/peers
+PEERS=${PEERS:-$ROOT/../shared/peers}
 if [ -z "${CAIRN:-}" ]; then
   for c in "$ROOT/target/release/cairn" "$ROOT"/target*/release/cairn "$ROOT/target/debug/cairn" "$ROOT"/target*/debug/cairn; do
     [ -x "$c" ] && CAIRN=$c && break

@@ -5,11 +5,15 @@
 # Reads (iscsi-perf, cairn without cache vs tgt):
 #   4 KiB random read  : iscsi-perf -r -b 8 -m 32   (512 B blocks: -b 8 = 4 KiB)
 #   128 KiB seq read   : iscsi-perf -b 256 -m 32
-# Writes (examples/iscsi_write_bench, cairn without and with --cache vs tgt), WSECS each:
+# Writes (gateway/iscsi/examples/iscsi_write_bench, cairn without and with --cache vs tgt), WSECS each:
 #   4 KiB random write, 32 in flight, without / with FUA
 #   1 MiB sequential write, 8 in flight, without / with FUA
 # Usage: bench/iscsi.sh [RUNS] [SIZE_MiB] [WORKDIR]      (defaults 3 1024 /tmp/bench-iscsi)
 # Needs: libiscsi-bin, tgt (apt-get install -y libiscsi-bin tgt), a Rust toolchain.
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
+    exit 0
+fi
 set -eu
 RUNS=${1:-3}
 SIZE=${2:-1024}
@@ -18,14 +22,13 @@ SECS=${SECS:-10}
 WSECS=${WSECS:-5}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PEERS=${PEERS:-$ROOT/../shared/peers}
-[ -d "$PEERS" ] || PEERS=/work/shared/peers
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target-gw}
 CPORT=3290
 TPORT=3291
 KPORT=3292
 mkdir -p "$WD"
 
-(cd "$ROOT" && cargo build -q --release -p cairn-gateway --example iscsi_target --example iscsi_write_bench)
+(cd "$ROOT" && cargo build -q --release -p cairn-gateway --example iscsi_target && cargo build -q --release -p cairn-iscsi --example iscsi_write_bench)
 BIN=$CARGO_TARGET_DIR/release/examples/iscsi_target
 WBENCH=$CARGO_TARGET_DIR/release/examples/iscsi_write_bench
 

@@ -12,7 +12,7 @@
 # against fio --fsync=1.
 #
 # Part 2 (skip with ISCSI=0; NVBENCH=0 skips part 1) does the same through iSCSI, in one run, rounds interleaved:
-# 4 KiB random WRITEs with FUA (gateway/examples/iscsi_write_bench, WSECS seconds each, default
+# 4 KiB random WRITEs with FUA (gateway/iscsi/examples/iscsi_write_bench, WSECS seconds each, default
 # 5) at queue depth 1 and 32 against
 #   nv-sync  an nvdisk LUN in sync mode (gateway/examples/iscsi_target --nvdisk DIR/nv): every
 #            acknowledged write is in the nvdisk's fdatasync'ed log (WCE=0, FUA costs nothing more)
@@ -21,6 +21,10 @@
 #   tgt      tgt (shared/peers/tgt.sh) with a file-backed LUN in DIR/tgt, which fdatasyncs on FUA
 # and fio --fsync=1 (psync, queue depth 1) on a file in DIR. Prints medians and ratios to tgt and
 # to fio. Needs libiscsi-bin and tgt for part 2.
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
+    exit 0
+fi
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -40,7 +44,8 @@ echo "== through iSCSI: 4 KiB random FUA writes =="
 WSECS=${WSECS:-5}
 SIZE=256
 PEERS=${PEERS:-$ROOT/../shared/peers}
-cargo build --quiet --release -p cairn-gateway --example iscsi_target --example iscsi_write_bench
+cargo build --quiet --release -p cairn-gateway --example iscsi_target
+cargo build --quiet --release -p cairn-iscsi --example iscsi_write_bench
 BIN=$CARGO_TARGET_DIR/release/examples/iscsi_target
 WBENCH=$CARGO_TARGET_DIR/release/examples/iscsi_write_bench
 NPORT=3293; SPORT=3294; TPORT=3295

@@ -7,6 +7,10 @@
 # directory under /var/tmp, i.e. the disk, not tmpfs), runs `cairn bench obj` (PUT/GET of 4 KiB
 # and 1 MiB objects, concurrency 1 and 16, pools of size 1 and 3) and fio (1 MiB sequential write,
 # 4 KiB random write + fsync) in DIR, prints the table with ratios, and stops the server.
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
+    exit 0
+fi
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}

@@ -11,6 +11,10 @@
 # take turns round by round so that a noisy neighbour hits them alike; every figure is the median
 # of RUNS rounds (default 3) of SECS seconds (default 5). Ratios are against the file journal.
 # PROFILE=dev uses the debug build (default: release); CARGO_TARGET_DIR is honoured.
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
+    exit 0
+fi
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-$(mktemp -d /var/tmp/cairn-osdj.XXXXXX)}

@@ -8,6 +8,10 @@
 # Builds cairn in release mode, starts `cairn server` with its data under DIR (default: a new
 # directory under /var/tmp, on the disk), reads the admin S3 key it prints, runs
 # `cairn bench s3`, and stops the server.
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
+    exit 0
+fi
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}

@@ -459,7 +459,7 @@ pub async fn run_server(args: ServerArgs) -> Result<()> {
         } else {
             format!("{}:{}", args.bind, args.s3_port)
         },
-        s3: cairn_gateway::s3::S3Options {
+        s3: cairn_s3::S3Options {
             tls_cert: args.s3_tls_cert.clone(),
             tls_key: args.s3_tls_key.clone(),
             ..Default::default()

@@ -1,4 +1,19 @@
-//! The `cairn` command: every daemon and every tool in one binary.
+//! The `cairn` command: every daemon and every tool in one binary. `main` parses the command
+//! line (clap) and hands each subcommand to its module:
+//!
+//! ```text
+//!  cairn server | meta | osd | gateway ──> daemons   cairn-metadata, cairn-osd, cairn-gateway
+//!  cairn mount                         ──> mount     cairn-fuse
+//!  cairn nfs                           ──> nfs       cairn-nfs
+//!  cairn status                        ──> status
+//!  cairn obj | pool                    ──> obj       cairn-client's PoolIo
+//!  cairn vol | iscsi                   ──> vol       volumes, targets, LUNs, CHAP
+//!  cairn fs                            ──> fs        pins, stat, migrate by namespace path
+//!  cairn user | key | bucket           ──> user      S3 users, keys, bucket permissions
+//!  cairn bench obj | s3                ──> bench, bench_s3
+//! ```
+//!
+//! `util` holds the helpers the subcommands share.
 
 mod bench;
 mod bench_s3;
@@ -44,7 +59,7 @@ enum Cmd {
     Meta(daemons::MetaArgs),
     /// Run one object storage device.
     Osd(daemons::OsdArgs),
-    /// Run a gateway (iSCSI target) on the cluster.
+    /// Run a gateway (iSCSI target, S3 API, NFS export) on the cluster.
     Gateway(daemons::GatewayArgs),
     /// Print the cluster map: metadata leader and members, OSDs, pools and placement-group states.
     Status {

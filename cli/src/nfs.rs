@@ -22,7 +22,7 @@ pub async fn run_nfs(meta: Vec<String>, args: NfsArgs) -> Result<()> {
         crate::mount::signalled().await;
         let _ = tx.send(true);
     });
-    cairn_gateway::nfs::serve_nfs(cluster, &args.bind, rx, |port| {
+    cairn_nfs::serve_nfs(cluster, &args.bind, rx, |port| {
         println!("nfs: serving NFSv3 and MOUNT on port {port}");
     })
     .await

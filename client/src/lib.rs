@@ -6,8 +6,15 @@
 //! - [`PoolIo`] is object I/O on one pool: whole/partial reads and writes, streaming put/get of
 //!   objects of any size, attributes, typed objects and on-device queries (`GetExtent`,
 //!   `QueryExtent`) fanned out to every primary and merged.
-//! - [`FsClient`] is the uniform namespace and file data; [`migrate::Migrator`] moves file data
-//!   to the pools directories are pinned to.
+//! - [`FsClient`] is the uniform namespace and file data (files striped over objects by
+//!   [`Striped`]); [`migrate::Migrator`] moves file data to the pools directories are pinned to.
+//! - [`VolumeIo`] is a block volume: byte ranges over its objects, what the gateway's LUNs use.
+//! - [`ClientError`] is the crate's error type.
+//!
+//! ```text
+//!  FsClient ──> metadata leader (namespace ops, raft)     VolumeIo ─┐
+//!     └─> Striped ──> PoolIo ──────────────────────────────────────┴─> Cluster ──> primary OSD
+//! ```
 
 mod cluster;
 mod error;

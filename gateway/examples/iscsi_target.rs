@@ -15,13 +15,13 @@
 use std::sync::Arc;
 
 use cairn_gateway::nvdisk::{shm_pool_path, NvDiskDevice};
+use cairn_gateway::{CacheConfig, WriteBackCache};
+use cairn_iscsi::{
+    serve, BlockDevice, ChapConfig, ChapCredentials, FileDevice, InMemoryRegistry, IscsiOptions,
+    MemDevice, TargetConfig,
+};
 use cairn_nvdisk::{Config as NvConfig, NvDisk, PoolMode};
 use cairn_proto::volume::NvDiskMode;
-
-use cairn_gateway::{
-    serve, BlockDevice, CacheConfig, ChapConfig, ChapCredentials, FileDevice, InMemoryRegistry,
-    IscsiOptions, MemDevice, TargetConfig, WriteBackCache,
-};
 
 fn creds(v: &str) -> ChapCredentials {
     let (user, secret) = v.split_once(':').unwrap_or((v, ""));

@@ -38,7 +38,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{watch, Notify};
 
-use crate::block::{BlockDevice, BlockError, Extent as Mapping};
+use cairn_iscsi::block::{BlockDevice, BlockError, Extent as Mapping};
 
 /// Settings of a [`WriteBackCache`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -601,7 +601,7 @@ impl BlockDevice for WriteBackCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block::MemDevice;
+    use cairn_iscsi::block::MemDevice;
     use rand::{Rng, SeedableRng};
 
     /// A device that counts the writes reaching it.

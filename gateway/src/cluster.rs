@@ -16,11 +16,12 @@ use cairn_proto::msg::{MetaCommand, MetaRead, MetaRequest, MetaResponse};
 use cairn_proto::volume::VolumeInfo;
 use cairn_proto::WireError;
 
-use crate::block::{BlockDevice, BlockError, Extent};
 use crate::error::GatewayError;
 use crate::lun_cache::{LunCacheSpec, LunCaches};
-use crate::scsi::pr::{PrState, ReservationStore};
-use crate::target::{ChapConfig, ChapCredentials, TargetConfig, TargetRegistry};
+use cairn_iscsi::block::{BlockDevice, BlockError, Extent};
+use cairn_iscsi::scsi::pr::{PrState, ReservationStore};
+use cairn_iscsi::target::{ChapConfig, ChapCredentials, TargetConfig, TargetRegistry};
+use cairn_iscsi::IscsiError;
 
 fn block_error(e: ClientError) -> BlockError {
     match e.wire() {
@@ -305,11 +306,11 @@ impl MetaRegistry {
 
 #[async_trait]
 impl TargetRegistry for MetaRegistry {
-    async fn target_names(&self) -> Result<Vec<String>, GatewayError> {
+    async fn target_names(&self) -> Result<Vec<String>, IscsiError> {
         Ok(self.config().await?.targets.into_keys().collect())
     }
 
-    async fn lookup(&self, iqn: &str) -> Result<Option<Arc<TargetConfig>>, GatewayError> {
+    async fn lookup(&self, iqn: &str) -> Result<Option<Arc<TargetConfig>>, IscsiError> {
         let cfg = self.config().await?;
         let Some(t) = cfg.targets.get(iqn) else {
             return Ok(None);
@@ -331,7 +332,7 @@ impl TargetRegistry for MetaRegistry {
         Ok(Some(Arc::new(tc)))
     }
 
-    async fn discovery_chap(&self) -> Result<ChapConfig, GatewayError> {
+    async fn discovery_chap(&self) -> Result<ChapConfig, IscsiError> {
         Ok(ChapConfig {
             initiator: chap(&self.config().await?.discovery_chap),
             target: None,
@@ -351,11 +352,11 @@ pub struct MetaReservationStore {
 
 #[async_trait]
 impl ReservationStore for MetaReservationStore {
-    async fn load(&self, target: &str, lun: u64) -> Result<Option<PrState>, GatewayError> {
+    async fn load(&self, target: &str, lun: u64) -> Result<Option<PrState>, IscsiError> {
         let cfg = match meta_read(&self.cluster, MetaRead::Iscsi).await? {
             MetaResponse::Iscsi(c) => c,
             _ => {
-                return Err(GatewayError::Unavailable {
+                return Err(IscsiError::Unavailable {
                     service: "metadata service",
                 })
             }
@@ -364,13 +365,13 @@ impl ReservationStore for MetaReservationStore {
             None => Ok(None),
             Some(b) => bincode::deserialize(b)
                 .map(Some)
-                .map_err(|_| GatewayError::Protocol("stored reservation state does not decode")),
+                .map_err(|_| IscsiError::Protocol("stored reservation state does not decode")),
         }
     }
 
-    async fn save(&self, target: &str, lun: u64, state: &PrState) -> Result<(), GatewayError> {
+    async fn save(&self, target: &str, lun: u64, state: &PrState) -> Result<(), IscsiError> {
         let state = bincode::serialize(state)
-            .map_err(|_| GatewayError::Protocol("reservation state does not encode"))?;
+            .map_err(|_| IscsiError::Protocol("reservation state does not encode"))?;
         self.cluster
             .meta()
             .command(MetaCommand::Iscsi(IscsiCommand::SaveReservations {
@@ -379,7 +380,7 @@ impl ReservationStore for MetaReservationStore {
                 state,
             }))
             .await
-            .map_err(|_| GatewayError::Unavailable {
+            .map_err(|_| IscsiError::Unavailable {
                 service: "metadata service",
             })?;
         Ok(())

@@ -10,11 +10,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use cairn_iscsi::IscsiOptions;
+use cairn_s3::S3Options;
+
 use crate::cluster::{GatewayLocal, MetaRegistry};
 use crate::error::GatewayError;
-use crate::iscsi::IscsiOptions;
 use crate::lun_cache::LunCacheSpec;
-use crate::s3::S3Options;
 
 /// Configuration of `cairn gateway` (a TOML file; flags override it).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -125,7 +126,7 @@ impl GatewayConfig {
             });
         }
         self.iscsi.validate()?;
-        self.s3.validate()
+        Ok(self.s3.validate()?)
     }
 }
 
@@ -196,25 +197,21 @@ pub async fn start(cfg: GatewayConfig) -> Result<GatewayHandle, GatewayError> {
         let l = TcpListener::bind(&cfg.iscsi_listen).await?;
         iscsi_addr = Some(l.local_addr()?);
         registry = Some(Arc::clone(&reg));
-        tasks.push(tokio::spawn(crate::iscsi::serve(
-            l,
-            reg,
-            cfg.iscsi.clone(),
-            rx.clone(),
-        )));
+        let (opts, rx) = (cfg.iscsi.clone(), rx.clone());
+        tasks.push(tokio::spawn(async move {
+            Ok(cairn_iscsi::serve(l, reg, opts, rx).await?)
+        }));
     }
     let mut s3_addr = None;
     if !cfg.s3_listen.is_empty() {
         // A bad certificate stops the gateway here, not in a background task.
         cfg.s3.tls()?;
-        let (l, a) = crate::s3::bind(&cfg.s3_listen).await?;
+        let (l, a) = cairn_s3::bind(&cfg.s3_listen).await?;
         s3_addr = Some(a);
-        tasks.push(tokio::spawn(crate::s3::serve(
-            l,
-            cluster.clone(),
-            cfg.s3.clone(),
-            rx.clone(),
-        )));
+        let (cluster, opts, rx) = (cluster.clone(), cfg.s3.clone(), rx.clone());
+        tasks.push(tokio::spawn(async move {
+            Ok(cairn_s3::serve(l, cluster, opts, rx).await?)
+        }));
     }
     if cfg.migrate {
         let migrator = cairn_client::migrate::Migrator::new(
@@ -239,7 +236,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<GatewayHandle, GatewayError> {
         let (ptx, prx) = tokio::sync::oneshot::channel();
         let (cluster, addr, rx) = (cluster.clone(), cfg.nfs_listen.clone(), rx.clone());
         tasks.push(tokio::spawn(async move {
-            crate::nfs::serve_nfs(cluster, &addr, rx, move |port| {
+            cairn_nfs::serve_nfs(cluster, &addr, rx, move |port| {
                 let _ = ptx.send(port);
             })
             .await

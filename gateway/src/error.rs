@@ -1,24 +1,29 @@
 //! The gateway's error type.
 
-use crate::block::BlockError;
-use crate::iscsi::pdu::PduError;
+use cairn_iscsi::{BlockError, IscsiError};
+use cairn_s3::S3ServerError;
 
 /// Errors of the gateway crate.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    #[error("malformed PDU: {0}")]
-    Pdu(#[from] PduError),
+    /// The iSCSI target, or a registry or reservation store it called.
+    #[error(transparent)]
+    Iscsi(#[from] IscsiError),
+    /// The S3 server failed to start or to run its listener.
+    #[error(transparent)]
+    S3(#[from] S3ServerError),
     #[error("block device: {0}")]
     Block(#[from] BlockError),
-    /// A backing service (registry, reservation store) could not be reached.
+    /// A backing service (metadata service, cluster, nvdisk) could not be reached.
     #[error("{service} is unavailable")]
     Unavailable { service: &'static str },
-    /// The peer broke the iSCSI protocol badly enough that the connection must close.
+    /// State read back from a journal or the metadata service that cannot be right.
     #[error("protocol violation: {0}")]
     Protocol(&'static str),
-    /// Invalid [`crate::IscsiOptions`].
+    /// A setting or argument out of its range (a [`crate::daemon::GatewayConfig`] field, an
+    /// nvdisk LUN's geometry).
     #[error("invalid option {field}: {reason}")]
     InvalidOption {
         field: &'static str,
@@ -34,4 +39,19 @@ pub enum GatewayError {
         #[source]
         source: cairn_nvdisk::Error,
     },
+}
+
+/// What the iSCSI target sees of a gateway failure in the cluster-backed registry and
+/// reservation store: its own errors as they were, the rest as a backend failure.
+impl From<GatewayError> for IscsiError {
+    fn from(e: GatewayError) -> Self {
+        match e {
+            GatewayError::Iscsi(e) => e,
+            GatewayError::Io(e) => IscsiError::Io(e),
+            GatewayError::Block(e) => IscsiError::Block(e),
+            GatewayError::Unavailable { service } => IscsiError::Unavailable { service },
+            GatewayError::Protocol(what) => IscsiError::Protocol(what),
+            e => IscsiError::Backend(Box::new(e)),
+        }
+    }
 }

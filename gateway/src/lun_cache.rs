@@ -50,10 +50,10 @@ use cairn_proto::volume::VolumeInfo;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
-use crate::block::{BlockDevice, BlockError, Extent};
 use crate::cache::{CacheConfig, WriteBackCache};
 use crate::error::GatewayError;
 use crate::nvdisk::{block_error, shm_pool_path, PAGE};
+use cairn_iscsi::block::{BlockDevice, BlockError, Extent};
 
 /// Journal size when the spec names none.
 pub const DEFAULT_JOURNAL_SIZE: u64 = 64 << 20;
@@ -703,7 +703,7 @@ fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block::MemDevice;
+    use cairn_iscsi::block::MemDevice;
     use cairn_proto::volume::VolumeBacking;
 
     #[test]

@@ -22,8 +22,8 @@ use bytes::Bytes;
 use cairn_nvdisk::{Config as NvConfig, Durability, NvDisk, PoolMode};
 use cairn_proto::volume::{NvDiskMode, VolumeInfo};
 
-use crate::block::{BlockDevice, BlockError};
 use crate::error::GatewayError;
+use cairn_iscsi::block::{BlockDevice, BlockError};
 
 /// Page size of every nvdisk the gateway creates.
 pub const PAGE: u32 = 4096;

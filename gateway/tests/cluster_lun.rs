@@ -2,6 +2,7 @@
 //! processes: real libiscsi tools, data written through one gateway read through another, a
 //! gateway killed with -9, an OSD killed meanwhile, and UNMAP freeing objects.
 
+#[path = "../iscsi/tests/common/mod.rs"]
 mod common;
 
 use std::time::Duration;

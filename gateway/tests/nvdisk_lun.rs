@@ -5,6 +5,7 @@
 //!   keeps acknowledged writes that were still only in the cache, and the restarted gateway
 //!   writes them to the cluster.
 
+#[path = "../iscsi/tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;

@@ -9,8 +9,11 @@
 //!   handles each `Ready` in the documented order, applies committed entries to `state`, answers
 //!   the waiting requests, and takes snapshots.
 //! - `storage`: the raft log, hard state and snapshots on sled, implementing `raft::Storage`.
-//! - `state`: the replicated state machine (cluster map, pools, OSDs, members), one module per
-//!   command family, rebuilt on restart from the latest snapshot plus the log after it.
+//! - `state`: the replicated state machine, one module per command family: the cluster map's
+//!   `osd`, `pool` and `members`, block `volume`s, `iscsi` targets and reservations, S3 `user`s,
+//!   the POSIX `namespace` (itself split by concern: inodes, directories, links, xattrs, locks)
+//!   and the data `migrate` moves. Rebuilt on restart from the latest snapshot plus the log after
+//!   it.
 //! - `transport`: per-peer queues and sender tasks carrying raft messages over `RpcClient`.
 //! - `liveness`: the leader's in-memory heartbeat table and its periodic down/out duty.
 //! - [`config`], [`error`]: [`MetaConfig`] and [`MetaError`] (mapped onto `WireError`).
