@@ -334,18 +334,20 @@ impl Durable {
         Ok(self.store.stat(pg, oid)?.map_or(0, |s| s.version))
     }
 
-    /// The version the group's next mutation gets, and the version staged just before it if
-    /// that one is still in flight (0 otherwise): a replica applies the new one after it.
+    /// The version the group's next mutation gets, and the version just before it: a replica
+    /// applies the new one only after that one (or once it is known to be lost). Even when
+    /// this OSD has applied the previous version, its sub-op may still be on its way to a
+    /// replica, and a replica applying out of order leaves a gap in its log.
     pub fn next_version(&self, pg: PgId) -> Result<(u64, u64)> {
         let lane = self.lane(pg);
         let st = lane.state();
         let last = self.store.pg_info(pg)?.last_update;
-        if st.in_flight() {
-            let top = st.top_version.max(last);
-            Ok((top + 1, top))
+        let top = if st.in_flight() {
+            st.top_version.max(last)
         } else {
-            Ok((last + 1, 0))
-        }
+            last
+        };
+        Ok((top + 1, top))
     }
 
     /// Wait (at most `limit`) until the group's version `after` is staged or applied here;
