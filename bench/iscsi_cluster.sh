@@ -6,7 +6,7 @@
 # Workloads per run: iscsi-perf 4 KiB random read (-r -b 8 -m 32) and 128 KiB sequential read
 # (-b 256 -m 32), SECS each; writes with gateway/iscsi/examples/iscsi_write_bench: 4 KiB random
 # (32 in flight) with and without FUA, 1 MiB sequential (8 in flight), WSECS each.
-# Prints every run, then medians and ratios to tgt.
+# Prints every run, then medians and ratios to tgt. CAIRN_BIN=path runs that cairn binary.
 # Usage: bench/iscsi_cluster.sh [RUNS] [SIZE_MiB] [WORKDIR]   (defaults 3 256 /var/tmp/bench-iscsi-cluster)
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
     awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
@@ -22,7 +22,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PEERS=${PEERS:-$ROOT/../shared/peers}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 (cd "$ROOT" && cargo build -q --release -p cairn && cargo build -q --release -p cairn-iscsi --example iscsi_write_bench)
-BIN=$CARGO_TARGET_DIR/release/cairn
+BIN=${CAIRN_BIN:-$CARGO_TARGET_DIR/release/cairn}
 WBENCH=$CARGO_TARGET_DIR/release/examples/iscsi_write_bench
 MPORT=27400; OPORT=27500; IPORT=23270; TPORT=23271
 rm -rf "$WD/cluster"; mkdir -p "$WD"

@@ -7,6 +7,7 @@
 # directory under /var/tmp, i.e. the disk, not tmpfs), runs `cairn bench obj` (PUT/GET of 4 KiB
 # and 1 MiB objects, concurrency 1 and 16, pools of size 1 and 3) and fio (1 MiB sequential write,
 # 4 KiB random write + fsync) in DIR, prints the table with ratios, and stops the server.
+# CAIRN_BIN=path runs that binary instead of building (to compare two builds).
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
     awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
     exit 0
@@ -16,8 +17,12 @@ cd "$(dirname "$0")/.."
 SECS=${1:-10}
 DIR=${2:-$(mktemp -d /var/tmp/cairn-bench.XXXXXX)}
 command -v fio >/dev/null || { echo "fio is missing: apt-get install fio" >&2; exit 1; }
-cargo build --release -p cairn >/dev/null
-BIN=target/release/cairn
+if [[ -n ${CAIRN_BIN:-} ]]; then
+    BIN=$CAIRN_BIN
+else
+    cargo build --release -p cairn >/dev/null
+    BIN=target/release/cairn
+fi
 MPORT=$((17000 + RANDOM % 1000))
 OPORT=$((MPORT + 1000))
 $BIN server --data "$DIR/cluster" --meta-port $MPORT --osd-port $OPORT --iscsi-port $((MPORT + 500)) --nfs-port 0 >"$DIR/server.log" 2>&1 &
