@@ -7,7 +7,8 @@
 # directory under /var/tmp, i.e. the disk, not tmpfs), runs `cairn bench obj` (PUT/GET of 4 KiB
 # and 1 MiB objects, concurrency 1 and 16, pools of size 1 and 3) and fio (1 MiB sequential write,
 # 4 KiB random write + fsync) in DIR, prints the table with ratios, and stops the server.
-# CAIRN_BIN=path runs that binary instead of building (to compare two builds).
+# CAIRN_BIN=path runs that binary instead of building (to compare two builds); CAIRN_SERVER_ARGS
+# adds flags to `cairn server` (e.g. --osd-buffered, to compare with page-cache data writes).
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
     awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
     exit 0
@@ -25,7 +26,9 @@ else
 fi
 MPORT=$((17000 + RANDOM % 1000))
 OPORT=$((MPORT + 1000))
-$BIN server --data "$DIR/cluster" --meta-port $MPORT --osd-port $OPORT --iscsi-port $((MPORT + 500)) --nfs-port 0 >"$DIR/server.log" 2>&1 &
+# shellcheck disable=SC2086 # CAIRN_SERVER_ARGS is split into flags on purpose
+$BIN server --data "$DIR/cluster" --meta-port $MPORT --osd-port $OPORT --iscsi-port $((MPORT + 500)) --nfs-port 0 \
+    ${CAIRN_SERVER_ARGS:-} >"$DIR/server.log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do

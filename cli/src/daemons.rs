@@ -192,6 +192,10 @@ pub struct ServerArgs {
     /// Seconds down before an OSD is marked out and its data re-replicated.
     #[arg(long, default_value_t = 600)]
     osd_out_after: u64,
+    /// Write large object data through the page cache instead of with O_DIRECT (see the OSD's
+    /// `direct_io` setting; for comparing the two).
+    #[arg(long)]
+    osd_buffered: bool,
 }
 
 fn read_toml<T: serde::de::DeserializeOwned + Default>(path: &Option<PathBuf>) -> Result<T> {
@@ -427,6 +431,7 @@ pub async fn run_server(args: ServerArgs) -> Result<()> {
             listen: addr.clone(),
             meta: meta_addrs.clone(),
             host: host.clone(),
+            direct_io: !args.osd_buffered,
             ..OsdConfig::default()
         };
         cfg.validate()?;

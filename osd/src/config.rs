@@ -50,6 +50,10 @@ pub struct OsdConfig {
     /// How long a write waits for the map to mark a failed replica down before failing with a
     /// retryable error.
     pub down_wait_ms: u64,
+    /// Write the aligned middle of large writes (128 KiB and more) into the data files with
+    /// `O_DIRECT` rather than through the page cache (off by itself on a file system that
+    /// refuses it).
+    pub direct_io: bool,
 }
 
 impl Default for OsdConfig {
@@ -72,6 +76,7 @@ impl Default for OsdConfig {
             pg_log_keep: crate::store::DEFAULT_LOG_KEEP,
             peer_timeout_ms: 5000,
             down_wait_ms: 15000,
+            direct_io: true,
         }
     }
 }

@@ -12,8 +12,9 @@
 //! - `scrub`: background checksum verification and replica comparison.
 //! - [`worker`]: the common shape of background workers.
 //!
-//! A write: client → primary (PG lock) → journal append (durable) → store apply → sub-ops to
-//! the replicas (each journals and applies) → ack. A read: primary → store (checksums verified;
+//! A write: client → primary (under the group's short order lock: version, journal record,
+//! sub-ops sent) → the local fdatasync + apply and the replicas' journal + apply at once → ack
+//! when every up replica has it durably. A read: primary → store (checksums verified;
 //! a bad copy is repaired from a replica first) → client.
 
 pub mod config;

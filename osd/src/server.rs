@@ -345,6 +345,7 @@ impl Osd {
         let spec = cfg.journal.clone();
         let opts = StoreOptions {
             log_keep: cfg.pg_log_keep,
+            direct_io: cfg.direct_io,
         };
         let (store, journal) = tokio::task::spawn_blocking(move || -> Result<_> {
             let store: Arc<dyn Store> = Arc::new(SledStore::open(&data_dir.join("store"), opts)?);

@@ -15,6 +15,7 @@
 //! Implementations: [`sled_store::SledStore`] (sled for metadata and small objects, data files
 //! for large ones) and [`mem::MemStore`] (a model in memory). One test suite runs against both.
 
+mod direct;
 pub mod mem;
 pub mod sled_store;
 #[cfg(test)]
@@ -40,12 +41,15 @@ pub struct StoreOptions {
     /// Log entries kept per placement group; older ones are dropped and recovery from further
     /// back needs a backfill.
     pub log_keep: u64,
+    /// Large writes into data files go `O_DIRECT` (see `direct.rs`).
+    pub direct_io: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             log_keep: DEFAULT_LOG_KEEP,
+            direct_io: true,
         }
     }
 }

@@ -13,6 +13,8 @@
 //!   info  pg(8)                                  -> PgInfo (bincode)
 //! objects/<oid byte 0, 2 hex>/<pg, 16 hex>-<oid, 32 hex>   data file, length = object size
 //! ```
+//! Large writes into data files go `O_DIRECT` (see `store/direct.rs`); the rest through the page cache.
+//!
 //! A chunk's `flags` bit 0 marks it poisoned: it was partly rewritten while its old bytes failed
 //! their checksum, so its content is unknown until a full rewrite or a repair.
 //!
@@ -20,6 +22,7 @@
 //! mutation since the last [`Store::sync`]. Concurrent readers of one object are kept off
 //! half-applied state by a striped per-object lock.
 
+use super::direct::Direct;
 use super::{
     activated_info, advance_info, check_typed, chunk_count, chunk_len, digest, log_entry,
     pick_index_pred, prefix_end, Store, StoreOptions, CHUNK, INLINE_MAX,
@@ -121,6 +124,20 @@ impl Data {
         }
     }
 
+    /// As [`Data::write_at`], with large writes into a data file going `O_DIRECT`.
+    fn write_large_at(
+        &mut self,
+        direct: &Direct,
+        path: &Path,
+        data: &[u8],
+        off: u64,
+    ) -> std::io::Result<()> {
+        match self {
+            Data::File(f) => direct.write_at(f, path, data, off),
+            Data::Inline(_) => self.write_at(data, off),
+        }
+    }
+
     fn set_len(&mut self, len: u64) -> std::io::Result<()> {
         match self {
             Data::Inline(v) => {
@@ -168,6 +185,7 @@ pub struct SledStore {
     replaying: AtomicBool,
     /// Files and directories written since the last sync.
     dirty: Mutex<HashSet<PathBuf>>,
+    direct: Direct,
 }
 
 fn db_err(e: sled::Error) -> Error {
@@ -253,6 +271,7 @@ impl SledStore {
             }
         }
         let tree = |name: &str| db.open_tree(name).map_err(db_err);
+        let direct = Direct::new(opts.direct_io);
         let store = SledStore {
             objs: tree("obj")?,
             crcs: tree("crc")?,
@@ -268,6 +287,7 @@ impl SledStore {
             used: AtomicU64::new(0),
             replaying: AtomicBool::new(false),
             dirty: Mutex::default(),
+            direct,
         };
         let mut used = 0;
         for kv in store.objs.iter() {
@@ -409,7 +429,8 @@ impl SledStore {
                 let end = (at + data.len() as u64).min(size);
                 let data = &data[..end.saturating_sub(at) as usize];
                 if !data.is_empty() {
-                    d.write_at(data, at).map_err(Error::io(&path))?;
+                    d.write_large_at(&self.direct, &path, data, at)
+                        .map_err(Error::io(&path))?;
                     for idx in at / CHUNK..end.div_ceil(CHUNK) {
                         let len = chunk_len(size, idx);
                         let mut buf = vec![0u8; len as usize];
@@ -479,7 +500,8 @@ impl SledStore {
                 }
                 let path = self.data_path(pg, oid);
                 if !data.is_empty() {
-                    d.write_at(data, offset).map_err(Error::io(&path))?;
+                    d.write_large_at(&self.direct, &path, data, offset)
+                        .map_err(Error::io(&path))?;
                 }
                 if new_size > old_size {
                     d.set_len(new_size).map_err(Error::io(&path))?;
