@@ -47,6 +47,7 @@ impl Direct {
     }
 
     /// Bytes written with `O_DIRECT` so far.
+    #[cfg(test)]
     pub(super) fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
