@@ -15,6 +15,7 @@ use cairn_proto::iscsi::{Chap, IscsiCommand, IscsiConfig};
 use cairn_proto::msg::{MetaCommand, MetaRead, MetaRequest, MetaResponse};
 use cairn_proto::volume::VolumeInfo;
 use cairn_proto::WireError;
+use futures::future::join_all;
 
 use crate::error::GatewayError;
 use crate::lun_cache::{LunCacheSpec, LunCaches};
@@ -87,16 +88,39 @@ impl BlockDevice for VolumeDevice {
 
     async fn mapping(&self, offset: u64) -> Result<Extent, BlockError> {
         let os = self.vol.info().object_size;
-        let rest = (os - offset % os).min(self.size().saturating_sub(offset));
-        let mapped = self
-            .vol
-            .striped()
-            .is_mapped(offset)
-            .await
-            .map_err(block_error)?;
-        Ok(Extent { len: rest, mapped })
+        let size = self.size();
+        let striped = self.vol.striped();
+        let mapped = striped.is_mapped(offset).await.map_err(block_error)?;
+        let mut end = (offset - offset % os + os).min(size);
+        // The whole objects that follow in the same state join the run, probed a batch at a
+        // time, so GET LBA STATUS answers in a few descriptors rather than one per object.
+        // A probe that fails ends the run: the next query starts there and reports the error.
+        let mut probed = 0;
+        'run: while end < size && probed < MAPPING_RUN_OBJECTS {
+            let starts: Vec<u64> = (0..MAPPING_PROBE_BATCH)
+                .map(|i| end + i * os)
+                .take_while(|&s| s < size)
+                .collect();
+            probed += starts.len();
+            let states = join_all(starts.iter().map(|&s| striped.is_mapped(s))).await;
+            for (s, st) in starts.iter().zip(states) {
+                match st {
+                    Ok(m) if m == mapped => end = (s + os).min(size),
+                    _ => break 'run,
+                }
+            }
+        }
+        Ok(Extent {
+            len: end - offset,
+            mapped,
+        })
     }
 }
+
+/// Most whole objects one [`BlockDevice::mapping`] answer reaches over (4 GiB of 4 MiB objects).
+const MAPPING_RUN_OBJECTS: usize = 1024;
+/// Objects probed at once while extending a mapping run.
+const MAPPING_PROBE_BATCH: u64 = 32;
 
 async fn meta_read(cluster: &Cluster, q: MetaRead) -> Result<MetaResponse, GatewayError> {
     cluster

@@ -398,6 +398,13 @@ fn read_capacity16(lu: &LogicalUnit, g: &Geometry, cdb: &[u8]) -> CmdResult {
 /// Most LBA status descriptors returned by one GET LBA STATUS.
 const MAX_LBA_STATUS_DESCRIPTORS: usize = 64;
 
+/// Most [`BlockDevice::mapping`] calls one GET LBA STATUS makes: a device that reports its mapping
+/// in small pieces (one object at a time) is asked again until the pieces fill the descriptors,
+/// but never without bound.
+///
+/// [`BlockDevice::mapping`]: crate::block::BlockDevice::mapping
+const MAX_LBA_STATUS_CALLS: usize = 4096;
+
 async fn get_lba_status(lu: &LogicalUnit, g: &Geometry, cdb: &[u8]) -> CmdResult {
     let lba = be64(cdb, 2);
     let alloc = be32(cdb, 10) as usize;
@@ -405,14 +412,29 @@ async fn get_lba_status(lu: &LogicalUnit, g: &Geometry, cdb: &[u8]) -> CmdResult
         return Err(Sense::lba_out_of_range().into());
     }
     let dev = lu.device();
-    let mut descs = Vec::new();
+    // (first LBA, blocks, provisioning status: 0 mapped, 1 deallocated)
+    let mut descs: Vec<(u64, u32, u8)> = Vec::new();
     let mut at = lba;
-    let room = alloc.saturating_sub(8) / 16;
-    while at < g.blocks && descs.len() < MAX_LBA_STATUS_DESCRIPTORS.min(room.max(1)) {
+    let room = MAX_LBA_STATUS_DESCRIPTORS.min((alloc.saturating_sub(8) / 16).max(1));
+    // Adjacent pieces in the same state are one descriptor (SBC-4 5.8.2 asks for the extent,
+    // not the device's internal pieces); initiators such as libiscsi's test suite expect the
+    // descriptors that fit in their buffer to cover the whole LUN when it is mostly one state.
+    for _ in 0..MAX_LBA_STATUS_CALLS {
+        if at >= g.blocks {
+            break;
+        }
         let e = dev.mapping(at * g.bs).await?;
-        let n = (e.len / g.bs).clamp(1, u64::from(u32::MAX));
-        descs.push((at, n as u32, if e.mapped { 0u8 } else { 1 }));
-        at += n;
+        let n = (e.len / g.bs).clamp(1, g.blocks - at);
+        let st = if e.mapped { 0u8 } else { 1 };
+        let full = descs.len() == room;
+        match descs.last_mut() {
+            Some(last) if last.2 == st && u64::from(last.1) + n <= u64::from(u32::MAX) => {
+                last.1 += n as u32;
+            }
+            _ if full => break,
+            _ => descs.push((at, n.min(u64::from(u32::MAX)) as u32, st)),
+        }
+        at += n.min(u64::from(u32::MAX));
     }
     let mut v = Vec::with_capacity(8 + 16 * descs.len());
     v.extend_from_slice(&((4 + 16 * descs.len()) as u32).to_be_bytes());
@@ -535,5 +557,132 @@ mod tests {
         let o = lu.execute(&n, &gls, Bytes::new()).await;
         assert_eq!(o.status, status::GOOD);
         assert_eq!(o.data[8 + 12], 1, "first 64 KiB granule is deallocated");
+    }
+
+    /// A device that reports its mapping one 64 KiB piece at a time, as a cluster volume reports
+    /// one object at a time.
+    struct Piecewise(MemDevice);
+
+    #[async_trait::async_trait]
+    impl BlockDevice for Piecewise {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        fn block_size(&self) -> u32 {
+            self.0.block_size()
+        }
+        async fn read(&self, offset: u64, len: usize) -> Result<Bytes, crate::block::BlockError> {
+            self.0.read(offset, len).await
+        }
+        async fn write(
+            &self,
+            offset: u64,
+            data: Bytes,
+            fua: bool,
+        ) -> Result<(), crate::block::BlockError> {
+            self.0.write(offset, data, fua).await
+        }
+        async fn flush(&self) -> Result<(), crate::block::BlockError> {
+            self.0.flush().await
+        }
+        async fn unmap(&self, offset: u64, len: u64) -> Result<(), crate::block::BlockError> {
+            self.0.unmap(offset, len).await
+        }
+        fn serial(&self) -> String {
+            self.0.serial()
+        }
+        async fn mapping(
+            &self,
+            offset: u64,
+        ) -> Result<crate::block::Extent, crate::block::BlockError> {
+            let e = self.0.mapping(offset).await?;
+            let piece_end = (offset / 65536 + 1) * 65536;
+            Ok(crate::block::Extent {
+                len: e.len.min(piece_end - offset),
+                mapped: e.mapped,
+            })
+        }
+    }
+
+    fn lba_status_cdb(lba: u64, alloc: u32) -> Vec<u8> {
+        let mut c = vec![0u8; 16];
+        c[0] = op::SERVICE_ACTION_IN_16;
+        c[1] = sa::GET_LBA_STATUS;
+        c[2..10].copy_from_slice(&lba.to_be_bytes());
+        c[10..14].copy_from_slice(&alloc.to_be_bytes());
+        c
+    }
+
+    /// (first LBA, blocks, status) of each descriptor.
+    fn lba_status_descs(data: &[u8]) -> Vec<(u64, u32, u8)> {
+        let len = u32::from_be_bytes(data[0..4].try_into().unwrap()) as usize;
+        assert_eq!((len - 4) % 16, 0);
+        data[8..4 + len]
+            .chunks(16)
+            .map(|d| {
+                (
+                    u64::from_be_bytes(d[0..8].try_into().unwrap()),
+                    u32::from_be_bytes(d[8..12].try_into().unwrap()),
+                    d[12],
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn lba_status_joins_pieces_so_few_descriptors_cover_the_lun() {
+        let blocks = 8192u64; // 4 MiB of 512-byte blocks: 64 pieces of 64 KiB
+        let dev: Arc<dyn BlockDevice> = Arc::new(Piecewise(MemDevice::new(blocks * 512, 512, "p")));
+        let lu = LogicalUnit::open(
+            "iqn.t",
+            0,
+            dev,
+            Arc::new(InMemoryReservationStore::default()),
+        )
+        .await
+        .unwrap();
+        let n = Nexus::new("iqn.i", [0; 6]);
+        for (lba, count) in [(0u32, 1u16), (2048, 1), (7936, 256)] {
+            let o = lu
+                .execute(
+                    &n,
+                    &cdb10(op::WRITE_10, lba, count),
+                    Bytes::from(vec![7u8; usize::from(count) * 512]),
+                )
+                .await;
+            assert_eq!(o.status, status::GOOD);
+        }
+        // 256 bytes hold 15 descriptors, as libiscsi's test suite asks; 5 extents cover the LUN.
+        let o = lu.execute(&n, &lba_status_cdb(0, 256), Bytes::new()).await;
+        assert_eq!(o.status, status::GOOD);
+        assert_eq!(
+            lba_status_descs(&o.data),
+            vec![
+                (0, 128, 0),
+                (128, 1920, 1),
+                (2048, 128, 0),
+                (2176, 5760, 1),
+                (7936, 256, 0)
+            ]
+        );
+        // A buffer for one descriptor gets the first extent only.
+        let o = lu.execute(&n, &lba_status_cdb(0, 24), Bytes::new()).await;
+        assert_eq!(lba_status_descs(&o.data), vec![(0, 128, 0)]);
+        // Deallocate it all: one descriptor, from any starting LBA.
+        let mut unmap = vec![0u8; 10];
+        unmap[0] = op::UNMAP;
+        unmap[8] = 24;
+        let mut list = vec![0u8; 24];
+        list[0..2].copy_from_slice(&22u16.to_be_bytes());
+        list[2..4].copy_from_slice(&16u16.to_be_bytes());
+        list[16..20].copy_from_slice(&(blocks as u32).to_be_bytes());
+        let o = lu.execute(&n, &unmap, Bytes::from(list)).await;
+        assert_eq!(o.status, status::GOOD);
+        let o = lu.execute(&n, &lba_status_cdb(0, 256), Bytes::new()).await;
+        assert_eq!(lba_status_descs(&o.data), vec![(0, 8192, 1)]);
+        let o = lu
+            .execute(&n, &lba_status_cdb(100, 256), Bytes::new())
+            .await;
+        assert_eq!(lba_status_descs(&o.data), vec![(100, 8092, 1)]);
     }
 }
