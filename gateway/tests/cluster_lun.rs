@@ -319,6 +319,27 @@ async fn iscsi_test_cu_on_a_cluster_volume() {
             s.passed.len(),
             log.display()
         );
+        // BLOCK ERASE deallocates the volume; GET LBA STATUS must then show it whole as
+        // deallocated in the 15 descriptors the test asks for (the volume has 16 objects).
+        let out = run(
+            "iscsi-test-cu",
+            &[
+                "--dataloss",
+                "--allow-sanitize",
+                "-t",
+                "ALL.Sanitize.BlockErase",
+                &url,
+            ],
+            &[],
+            Duration::from_secs(300),
+        )
+        .await;
+        let text = format!("{}\n{}", out.stdout, out.stderr);
+        let s = common::parse_test_cu(&text);
+        assert!(
+            s.failed.is_empty() && s.passed.len() == 1,
+            "Sanitize.BlockErase on a cluster volume: {s:?}\n{text}"
+        );
     })
     .await
     .expect("test timed out");

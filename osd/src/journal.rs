@@ -19,12 +19,12 @@
 //! sync running syncs everything written so far while later appenders wait for the next round.
 //!
 //! **Why in place.** A trim used to write a new file (tmp → rename), so every record after it
-//! grew the file, and on ext4 an fdatasync that follows a write growing the file must also
-//! commit the file's new size through the file-system journal (jbd2): two device flushes instead
-//! of one. On this project's VMs (ext4), 2,000 4 KiB writes each followed by an fdatasync ran at
-//! 8.8–11.4k/s into already-written blocks and 3.7–4.8k/s appended (3 rounds each, alternated).
-//! So a full trim (the OSD's
-//! checkpoints trim everything) keeps the file and its blocks: it writes a header with
+//! grew the file, and an fdatasync that follows a write growing the file must also make the
+//! file's new size and blocks durable: a jbd2 commit on a journaled ext4, a synchronous write of
+//! the inode on this project's VMs (ext4 without a journal: `ext4_fsync_nojournal` in `perf`).
+//! On those VMs, 2,000 4 KiB writes each followed by an fdatasync ran at 8.8–11.4k/s into
+//! already-written blocks and at 3.7–4.8k/s appended (3 rounds each, alternated). So a full trim
+//! (the OSD's checkpoints trim everything) keeps the file and its blocks: it writes a header with
 //! `first_seq` = the next sequence number into the *other* slot, fdatasyncs, writes the end
 //! marker at byte 1024 and fdatasyncs again; records then start over at 1024 over the old ones.
 //! Old records left further on can never be taken for new ones: their sequence numbers are all
@@ -36,8 +36,8 @@
 //! neither valid nor blank while the records do not follow the other slot is corruption, not a
 //! crash, and the journal refuses to open ([`Error::JournalHeader`]). On open, a record that is
 //! cut short or fails its checksum where the end marker should be is a torn tail: it was never
-//! acknowledged; the kept records are then written to a new file (tmp → fsync → rename → fsync
-//! dir) so that nothing of the unacknowledged tail stays behind to be mistaken for a later
+//! acknowledged; the kept records are then written to a new file (tmp → fsync → rename →
+//! fsync dir) so that nothing of the unacknowledged tail stays behind to be mistaken for a later
 //! record. A bad record followed by a good one is corruption ([`Error::JournalCorrupt`]):
 //! records after it were acknowledged, so the journal refuses to open rather than silently lose
 //! them. A trim that keeps records, and a version 1 journal (one header, records from byte 24,
