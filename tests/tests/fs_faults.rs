@@ -75,7 +75,16 @@ fn killed_during_a_copy(victim: Victim) {
                 .args(["bs=1M", "conv=fsync"]),
         )
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // Kill once the copy is under way: as soon as some of it reached the mount (at most 1.5 s).
+    // A fixed wait stopped working when the write path got faster than the wait.
+    let copied = root.join("copy.bin");
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(1500)
+        && fs::metadata(&copied).map_or(0, |m| m.len()) < 4 << 20
+        && !copy.is_finished()
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(
         !copy.is_finished(),
         "the copy ended before the kill: the test would prove nothing"
