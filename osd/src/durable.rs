@@ -11,7 +11,7 @@
 use crate::error::{Error, Result};
 use crate::journal::Journal;
 use crate::store::{Mutation, Store};
-use cairn_proto::{Oid, PgId};
+use cairn_proto::{ObjOp, Oid, PgId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -131,6 +131,21 @@ impl Lane {
     }
 }
 
+/// Largest write staged on the async worker itself rather than in the blocking pool.
+const INLINE_STAGE_MAX: usize = 64 << 10;
+
+/// Whether staging `m` is cheap enough to run without leaving the async worker.
+fn stages_inline(m: &Mutation) -> bool {
+    match m {
+        Mutation::Apply { op, .. } => match op {
+            ObjOp::WriteFull { data } | ObjOp::Write { data, .. } => data.len() <= INLINE_STAGE_MAX,
+            ObjOp::Truncate { .. } | ObjOp::Delete => true,
+            _ => false,
+        },
+        Mutation::Install { .. } | Mutation::Remove => false,
+    }
+}
+
 /// Checkpoints a writer forces in a row on a full journal before it gives up; each one empties
 /// the journal, so more are needed only while other writers refill it every time.
 const FULL_ROUNDS: u32 = 16;
@@ -238,14 +253,21 @@ impl Durable {
             // A checkpoint needs the gate exclusively: one counted after `seen` ran after this
             // append, so if the append finds the journal full, that checkpoint has made room.
             let seen = self.checkpoints();
-            let (me, l) = (self.clone(), lane.clone());
-            let (m, r) = tokio::task::spawn_blocking(move || {
-                let r = me.stage_blocking(&l, pg, oid, &mutation);
-                (mutation, r)
-            })
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
-            mutation = m;
+            let r = if stages_inline(&mutation) {
+                // A few microseconds of work (a buffered write of a small record): a hop to the
+                // blocking pool and back would cost more than it.
+                self.stage_blocking(&lane, pg, oid, &mutation)
+            } else {
+                let (me, l) = (self.clone(), lane.clone());
+                let (m, r) = tokio::task::spawn_blocking(move || {
+                    let r = me.stage_blocking(&l, pg, oid, &mutation);
+                    (mutation, r)
+                })
+                .await
+                .map_err(|_| Error::ShuttingDown)?;
+                mutation = m;
+                r
+            };
             if self.checkpoint_bytes > 0 && self.journal.len_bytes() >= self.checkpoint_bytes {
                 self.checkpoint_wanted.notify_one();
             }
@@ -297,18 +319,31 @@ impl Durable {
 
     async fn complete(
         self: &Arc<Self>,
-        lane: &Lane,
+        lane: &Arc<Lane>,
         seq: u64,
         ticket: u64,
         pg: PgId,
         oid: Oid,
         mutation: &Mutation,
     ) -> Result<()> {
-        let me = self.clone();
-        let durable = tokio::task::spawn_blocking(move || me.journal.wait_durable(seq))
-            .await
-            .map_err(|_| Error::ShuttingDown)
-            .and_then(|r| r);
+        // Wait for the record to be durable and, if the turn is already this mutation's (the
+        // usual case), apply it in the same trip to the blocking pool.
+        let (me, l, m) = (self.clone(), lane.clone(), mutation.clone());
+        let first = tokio::task::spawn_blocking(move || match me.journal.wait_durable(seq) {
+            Ok(()) if l.state().applied + 1 >= ticket => Some(me.apply_blocking(pg, oid, &m)),
+            Ok(()) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .await
+        .map_err(|_| Error::ShuttingDown);
+        let durable = match first {
+            Ok(Some(Ok(()))) => {
+                lane.done(ticket, oid);
+                return Ok(());
+            }
+            Ok(Some(Err(e))) | Err(e) => Err(e),
+            Ok(None) => Ok(()),
+        };
         lane.wait_turn(ticket).await;
         let r = match durable {
             Ok(()) => {
