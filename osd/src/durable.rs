@@ -108,12 +108,17 @@ impl Lane {
         self.st.lock().expect("lane lock")
     }
 
+    /// Whether every mutation before `ticket` is applied.
+    fn is_turn(&self, ticket: u64) -> bool {
+        self.state().applied + 1 >= ticket
+    }
+
     async fn wait_turn(&self, ticket: u64) {
         loop {
             let notified = self.turn.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.state().applied + 1 >= ticket {
+            if self.is_turn(ticket) {
                 return;
             }
             notified.await;
@@ -330,7 +335,7 @@ impl Durable {
         // usual case), apply it in the same trip to the blocking pool.
         let (me, l, m) = (self.clone(), lane.clone(), mutation.clone());
         let first = tokio::task::spawn_blocking(move || match me.journal.wait_durable(seq) {
-            Ok(()) if l.state().applied + 1 >= ticket => Some(me.apply_blocking(pg, oid, &m)),
+            Ok(()) if l.is_turn(ticket) => Some(me.apply_blocking(pg, oid, &m)),
             Ok(()) => None,
             Err(e) => Some(Err(e)),
         })

@@ -282,6 +282,18 @@ fn number(rec: &mut [u8], seq: u64, payload: &crc32fast::Hasher) {
     rec[4..8].copy_from_slice(&record_crc(VERSION, seq, payload).to_be_bytes());
 }
 
+/// A visitor for [`scan`] that appends each record from `from` on to `out`, encoded for version 2
+/// without end marker (what [`write_new`] takes).
+fn collect_from(out: &mut Vec<u8>, from: u64) -> impl FnMut(u64, &[u8]) + '_ {
+    move |seq, payload| {
+        if seq >= from {
+            let mut r = encode_record(seq, payload);
+            r.truncate(r.len() - END_MARKER.len());
+            out.extend_from_slice(&r);
+        }
+    }
+}
+
 fn fsync_dir(path: &Path) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     File::open(dir)
@@ -365,13 +377,7 @@ impl FileJournal {
         } else {
             RECORDS_START
         } as usize;
-        let mut kept = Vec::new();
-        let mut keep = |seq: u64, payload: &[u8]| {
-            let mut r = encode_record(seq, payload);
-            r.truncate(r.len() - END_MARKER.len());
-            kept.extend_from_slice(&r);
-        };
-        let (at, count, torn) = scan(&buf, version, start, first_seq, &mut keep)?;
+        let (at, count, torn) = scan(&buf, version, start, first_seq, &mut |_, _| {})?;
         if version == VERSION && count == 0 && torn.is_some() && slot_damaged(&buf, 1 - slot) {
             // The other slot was written and is now unreadable, and the records do not follow
             // this one: they follow the lost header. Refuse rather than drop them.
@@ -396,6 +402,14 @@ impl FileJournal {
         }
         // A torn tail, or version 1: the kept records go to a new file, so that nothing of the
         // tail stays behind.
+        let mut kept = Vec::new();
+        scan(
+            &buf,
+            version,
+            start,
+            first_seq,
+            &mut collect_from(&mut kept, first_seq),
+        )?;
         let file = write_new(path, first_seq, &kept)?;
         let end = RECORDS_START + kept.len() as u64;
         Ok(Self::with(path, file, first_seq, count, end, 0, torn))
@@ -589,13 +603,7 @@ impl Journal for FileJournal {
                 VERSION,
                 RECORDS_START as usize,
                 st.first_seq,
-                &mut |s, p| {
-                    if s >= keep_from {
-                        let mut r = encode_record(s, p);
-                        r.truncate(r.len() - END_MARKER.len());
-                        rest.extend_from_slice(&r);
-                    }
-                },
+                &mut collect_from(&mut rest, keep_from),
             )?;
             if torn.is_some() || count != st.next_seq - st.first_seq {
                 return Err(Error::JournalCorrupt { offset: at as u64 });

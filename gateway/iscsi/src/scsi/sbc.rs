@@ -424,7 +424,8 @@ async fn get_lba_status(lu: &LogicalUnit, g: &Geometry, cdb: &[u8]) -> CmdResult
             break;
         }
         let e = dev.mapping(at * g.bs).await?;
-        let n = (e.len / g.bs).clamp(1, g.blocks - at);
+        // A descriptor counts at most u32::MAX blocks.
+        let n = (e.len / g.bs).clamp(1, (g.blocks - at).min(u64::from(u32::MAX)));
         let st = if e.mapped { 0u8 } else { 1 };
         let full = descs.len() == room;
         match descs.last_mut() {
@@ -432,9 +433,9 @@ async fn get_lba_status(lu: &LogicalUnit, g: &Geometry, cdb: &[u8]) -> CmdResult
                 last.1 += n as u32;
             }
             _ if full => break,
-            _ => descs.push((at, n.min(u64::from(u32::MAX)) as u32, st)),
+            _ => descs.push((at, n as u32, st)),
         }
-        at += n.min(u64::from(u32::MAX));
+        at += n;
     }
     let mut v = Vec::with_capacity(8 + 16 * descs.len());
     v.extend_from_slice(&((4 + 16 * descs.len()) as u32).to_be_bytes());
