@@ -155,6 +155,11 @@ impl Daemon {
         }
     }
 
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn log_tail(&self) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
@@ -162,12 +167,15 @@ impl Daemon {
     }
 }
 
-/// Send a signal through the `kill` command (the workspace forbids unsafe code, so no libc::kill).
+/// Send signal `sig` to process `pid` (kill(2) through nix: the workspace forbids unsafe code).
+/// The `kill` command is not used: procps-ng 4.0.2's `kill -18` spun for a long time without
+/// resuming a stopped daemon while a FUSE request of the test was waiting.
 pub fn send_signal(pid: u32, sig: i32) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status();
+    use nix::sys::signal::{kill, Signal};
+    let (Ok(pid), Ok(sig)) = (i32::try_from(pid), Signal::try_from(sig)) else {
+        return;
+    };
+    let _ = kill(nix::unistd::Pid::from_raw(pid), sig);
 }
 
 impl Drop for Daemon {
