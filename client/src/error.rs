@@ -48,6 +48,16 @@ impl ClientError {
         }
     }
 
+    /// The cluster did not answer in time or was failing over: the same request may succeed
+    /// later (errors it answered with, like no space, are not transient).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::GaveUp { last, .. } | ClientError::Rpc(last) => last.is_transient(),
+            ClientError::NoPrimary { .. } => true,
+            _ => false,
+        }
+    }
+
     pub fn is_no_space(&self) -> bool {
         matches!(self.wire(), Some(WireError::NoSpace { .. }))
     }

@@ -409,10 +409,25 @@ impl FsClient {
     /// Remove a file or symlink entry; returns the file whose last link went (free it with
     /// [`FsClient::free`]).
     pub async fn unlink(&self, parent: Ino, name: &str) -> Result<Option<FreedFile>> {
-        let op = NsOp::Unlink {
-            parent,
-            name: name.to_string(),
-        };
+        self.unlink_for(None, parent, name).await
+    }
+
+    /// [`FsClient::unlink`] for a client with lock session `session` (a mount): a file that
+    /// loses its last link stays, by inode number, as the session's orphan until
+    /// [`FsClient::forget`] (see [`NsOp::AsSession`]).
+    pub async fn unlink_for(
+        &self,
+        session: Option<u64>,
+        parent: Ino,
+        name: &str,
+    ) -> Result<Option<FreedFile>> {
+        let op = as_session(
+            session,
+            NsOp::Unlink {
+                parent,
+                name: name.to_string(),
+            },
+        );
         match self.apply(op).await? {
             NsResult::Unlinked { freed } => Ok(freed),
             other => Err(unexpected(other)),
@@ -438,14 +453,37 @@ impl FsClient {
         noreplace: bool,
         exchange: bool,
     ) -> Result<Option<FreedFile>> {
-        let op = NsOp::Rename {
-            parent,
-            name: name.to_string(),
-            new_parent,
-            new_name: new_name.to_string(),
+        self.rename_for(
+            None,
+            (parent, name),
+            (new_parent, new_name),
             noreplace,
             exchange,
-        };
+        )
+        .await
+    }
+
+    /// [`FsClient::rename`] for a client with lock session `session`: a replaced file that
+    /// loses its last link stays as the session's orphan (see [`FsClient::unlink_for`]).
+    pub async fn rename_for(
+        &self,
+        session: Option<u64>,
+        (parent, name): (Ino, &str),
+        (new_parent, new_name): (Ino, &str),
+        noreplace: bool,
+        exchange: bool,
+    ) -> Result<Option<FreedFile>> {
+        let op = as_session(
+            session,
+            NsOp::Rename {
+                parent,
+                name: name.to_string(),
+                new_parent,
+                new_name: new_name.to_string(),
+                noreplace,
+                exchange,
+            },
+        );
         match self.apply(op).await? {
             NsResult::Renamed { replaced_freed } => Ok(replaced_freed),
             other => Err(unexpected(other)),
@@ -688,6 +726,38 @@ impl FsClient {
             .map(|_| ())
     }
 
+    /// A blocking request's try: takes the lock, or fails with `FsError::WouldBlock` and counts
+    /// the owner as waiting for `wait_ms` (ask again before then), or with `FsError::Deadlock`
+    /// when waiting would close a cycle of waiting owners.
+    pub async fn wait_lock(
+        &self,
+        ino: Ino,
+        lock: LockSpec,
+        kind: LockKind,
+        wait_ms: u32,
+    ) -> Result<()> {
+        let op = NsOp::WaitLock {
+            ino,
+            lock,
+            kind,
+            wait_ms,
+        };
+        self.apply(op).await.map(|_| ())
+    }
+
+    /// The owner stopped waiting for a lock (its request was interrupted).
+    pub async fn stop_wait(&self, session: u64, owner: u64) -> Result<()> {
+        self.apply(NsOp::StopWait { session, owner })
+            .await
+            .map(|_| ())
+    }
+
+    /// Let go of files removed while open (orphans of `session`, see [`FsClient::unlink_for`]);
+    /// their data is the caller's to delete ([`FsClient::free`]).
+    pub async fn forget(&self, session: u64, inos: Vec<Ino>) -> Result<()> {
+        self.apply(NsOp::Forget { session, inos }).await.map(|_| ())
+    }
+
     /// The lock that would block `kind` on `lock`, if any.
     pub async fn test_lock(
         &self,
@@ -699,5 +769,16 @@ impl FsClient {
             NsResult::LockTest(h) => Ok(h),
             other => Err(unexpected(other)),
         }
+    }
+}
+
+/// `op` applied for a session's orphans, when there is a session.
+fn as_session(session: Option<u64>, op: NsOp) -> NsOp {
+    match session {
+        Some(session) => NsOp::AsSession {
+            session,
+            op: Box::new(op),
+        },
+        None => op,
     }
 }

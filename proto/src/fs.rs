@@ -226,6 +226,30 @@ pub enum NsOp {
     /// Apply every op in order, all or none: the first failure is the batch's error and undoes the
     /// ops before it. Lock and session ops cannot be batched ([`FsError::Invalid`]).
     Batch(Vec<NsOp>),
+    /// A blocking lock request (`F_SETLKW`, `flock` without `LOCK_NB`): [`NsOp::SetLock`] that
+    /// takes a lock, except that when it must wait, `owner` is recorded as waiting for the
+    /// holder of the conflicting lock until `wait_ms` after this op (the caller asks again
+    /// before then), and a wait that would close a cycle of owners waiting for each other fails
+    /// with [`FsError::Deadlock`] instead of [`FsError::WouldBlock`] (as Linux does for POSIX
+    /// locks, across every session).
+    WaitLock {
+        ino: Ino,
+        lock: LockSpec,
+        kind: LockKind,
+        wait_ms: u32,
+    },
+    /// `owner` of `session` no longer waits for a lock (its request was interrupted).
+    StopWait { session: u64, owner: u64 },
+    /// Apply `op` (not a lock or session op) for `session`: a file that loses its last link in
+    /// it is kept, with no links, as an orphan of the session, because the session has it open
+    /// (or may: POSIX keeps a removed file until its last descriptor closes). Its attributes,
+    /// size and extended attributes stay usable by inode number until the session lets go of
+    /// it ([`NsOp::Forget`]) or ends (then it goes, as an unmount closes everything). The
+    /// result names it in `freed` as usual: the caller deletes its data once it forgets it.
+    AsSession { session: u64, op: Box<NsOp> },
+    /// `session` lets go of these orphans: each goes (inodes that are not orphans of the
+    /// session are left alone).
+    Forget { session: u64, inos: Vec<Ino> },
 }
 
 /// Shared (read) or exclusive (write) advisory lock.
@@ -430,6 +454,8 @@ pub enum FsError {
     Stale,
     #[error("resource temporarily unavailable: conflicting lock (EAGAIN)")]
     WouldBlock,
+    #[error("resource deadlock would occur (EDEADLK)")]
+    Deadlock,
 }
 
 impl FsError {
@@ -456,6 +482,7 @@ impl FsError {
             FsError::NoData => 61,
             FsError::Stale => 116,
             FsError::WouldBlock => 11,
+            FsError::Deadlock => 35,
         }
     }
 }
@@ -487,6 +514,7 @@ mod tests {
             (FsError::NoData, 61),
             (FsError::Stale, 116),
             (FsError::WouldBlock, 11),
+            (FsError::Deadlock, 35),
         ];
         for (e, n) in table {
             assert_eq!(e.errno(), n, "{e}");

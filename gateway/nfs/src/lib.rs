@@ -80,6 +80,8 @@ pub fn fs_status(e: FsError) -> nfsstat3 {
         FsError::Stale => nfsstat3::NFS3ERR_STALE,
         FsError::BadHandle => nfsstat3::NFS3ERR_BADHANDLE,
         FsError::WouldBlock => nfsstat3::NFS3ERR_JUKEBOX,
+        // NFSv3 has no locks of its own (NLM is separate): no NFS call waits for one.
+        FsError::Deadlock => nfsstat3::NFS3ERR_SERVERFAULT,
     }
 }
 

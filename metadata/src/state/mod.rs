@@ -22,18 +22,19 @@ use cairn_proto::msg::{MetaCommand, MetaRead, MetaResponse, MetaResult};
 use cairn_proto::user::UserDb;
 use cairn_proto::volume::VolumeInfo;
 use cairn_proto::{ClusterMap, NodeId};
-use namespace::Namespace;
+use namespace::{Namespace, NamespaceV4};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Version byte in front of every encoded snapshot image and proposal. 2: the state gained S3
 /// users and bucket policies, and volumes their backing (replicated or nvdisk). 3: the map gained
 /// file moves and the state the migration queue. 4: file moves gained their owner, the map its
-/// placement epoch and the state the migration totals. Version 2 and 3 images are read and
-/// converted ([`StateV2`], [`StateV3`]); version 2 and 3 proposals decode unchanged (commands
-/// were only added, and codec 3's migration steps keep their places as
+/// placement epoch and the state the migration totals. 5: the namespace gained lock waiters
+/// and orphans (files removed while open). Version 2, 3 and 4 images are read and converted
+/// ([`StateV2`], [`StateV3`], [`StateV4`]); version 2 to 4 proposals decode unchanged
+/// (commands were only added, and codec 3's migration steps keep their places as
 /// `MigrateCommand::Legacy*`). Version 1 data is refused.
-const CODEC_VERSION: u8 = 4;
+const CODEC_VERSION: u8 = 5;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -58,6 +59,38 @@ pub struct State {
     pub bytes_moved: u64,
 }
 
+/// The state as codec version 4 wrote it: the namespace without lock waiters and orphans.
+#[derive(Deserialize)]
+struct StateV4 {
+    map: ClusterMap,
+    next_pool: u32,
+    volumes: BTreeMap<String, VolumeInfo>,
+    next_volume: u64,
+    iscsi: IscsiConfig,
+    ns: NamespaceV4,
+    users: UserDb,
+    migration_queue: BTreeSet<cairn_proto::fs::Ino>,
+    files_moved: u64,
+    bytes_moved: u64,
+}
+
+impl From<StateV4> for State {
+    fn from(s: StateV4) -> State {
+        State {
+            map: s.map,
+            next_pool: s.next_pool,
+            volumes: s.volumes,
+            next_volume: s.next_volume,
+            iscsi: s.iscsi,
+            ns: s.ns.into(),
+            users: s.users,
+            migration_queue: s.migration_queue,
+            files_moved: s.files_moved,
+            bytes_moved: s.bytes_moved,
+        }
+    }
+}
+
 /// The state as codec version 3 wrote it: moves without owners, the map without its
 /// placement epoch, no migration totals.
 #[derive(Deserialize)]
@@ -67,7 +100,7 @@ struct StateV3 {
     volumes: BTreeMap<String, VolumeInfo>,
     next_volume: u64,
     iscsi: IscsiConfig,
-    ns: Namespace,
+    ns: NamespaceV4,
     users: UserDb,
     migration_queue: BTreeSet<cairn_proto::fs::Ino>,
 }
@@ -123,7 +156,7 @@ impl From<StateV3> for State {
             volumes: s.volumes,
             next_volume: s.next_volume,
             iscsi: s.iscsi,
-            ns: s.ns,
+            ns: s.ns.into(),
             users: s.users,
             migration_queue: s.migration_queue,
             files_moved: 0,
@@ -140,7 +173,7 @@ struct StateV2 {
     volumes: BTreeMap<String, VolumeInfo>,
     next_volume: u64,
     iscsi: IscsiConfig,
-    ns: Namespace,
+    ns: NamespaceV4,
     users: UserDb,
 }
 
@@ -169,7 +202,7 @@ impl From<StateV2> for State {
             volumes: s.volumes,
             next_volume: s.next_volume,
             iscsi: s.iscsi,
-            ns: s.ns,
+            ns: s.ns.into(),
             users: s.users,
             migration_queue: BTreeSet::new(),
             files_moved: 0,
@@ -193,8 +226,8 @@ impl Proposal {
 
     pub fn decode(b: &[u8]) -> Result<Proposal, String> {
         match b.split_first() {
-            // Versions 3 and 4 only added commands: older proposals read the same.
-            Some((2 | 3, rest)) => bincode::deserialize(rest).map_err(|e| e.to_string()),
+            // Versions 3 to 5 only added commands: older proposals read the same.
+            Some((2..=4, rest)) => bincode::deserialize(rest).map_err(|e| e.to_string()),
             _ => unversioned(b),
         }
     }
@@ -276,6 +309,9 @@ impl State {
                 .map(State::from)
                 .map_err(|e| e.to_string()),
             Some((3, rest)) => bincode::deserialize::<StateV3>(rest)
+                .map(State::from)
+                .map_err(|e| e.to_string()),
+            Some((4, rest)) => bincode::deserialize::<StateV4>(rest)
                 .map(State::from)
                 .map_err(|e| e.to_string()),
             _ => unversioned(b),
@@ -488,7 +524,7 @@ mod tests {
             &s.volumes,
             s.next_volume,
             &s.iscsi,
-            &s.ns,
+            s.ns.as_v4(),
             &s.users,
         );
         let mut img = vec![2u8];
@@ -506,7 +542,7 @@ mod tests {
     }
 
     #[test]
-    fn version_3_images_and_migration_steps_are_read() {
+    fn version_3_and_4_images_and_migration_steps_are_read() {
         use cairn_proto::map::{FileMove, MovePhase};
         use cairn_proto::msg::{MigrateCommand, MigrateFile};
         use cairn_proto::PoolId;
@@ -543,7 +579,7 @@ mod tests {
             &s.volumes,
             s.next_volume,
             &s.iscsi,
-            &s.ns,
+            s.ns.as_v4(),
             (&s.users, &s.migration_queue),
         );
         let mut img = vec![3u8];
@@ -551,6 +587,20 @@ mod tests {
         let got = State::decode(&img).unwrap();
         assert_eq!(got.map.placement_epoch, s.map.epoch);
         assert_eq!(got, s);
+        // What version 4 wrote: the namespace without waiters and orphans.
+        s.files_moved = 3;
+        let v4 = (
+            &s.map,
+            s.next_pool,
+            &s.volumes,
+            s.next_volume,
+            &s.iscsi,
+            s.ns.as_v4(),
+            (&s.users, &s.migration_queue, s.files_moved, s.bytes_moved),
+        );
+        let mut img = vec![4u8];
+        bincode::serialize_into(&mut img, &v4).unwrap();
+        assert_eq!(State::decode(&img).unwrap(), s);
         // Codec 3's Begin and Switch are the first two migration steps.
         let begin = MigrateFile {
             ino: 12,

@@ -96,6 +96,10 @@ impl Txn<'_> {
         if kind == FileKind::Dir {
             return Err(FsError::NotPermitted);
         }
+        if nlink == 0 {
+            // An orphan (open, but removed): Linux refuses to link it back too.
+            return Err(FsError::NotFound);
+        }
         if nlink >= LINK_MAX {
             return Err(FsError::TooManyLinks);
         }
@@ -471,6 +475,97 @@ mod tests {
     }
 
     // ---------------------------------------------------------------- unlink, rmdir, link
+
+    #[test]
+    fn a_file_removed_for_a_session_stays_until_it_lets_go() {
+        let mut ns = Namespace::new(T0);
+        let f = mk(&mut ns, ROOT_INO, "f", File);
+        let g = mk(&mut ns, ROOT_INO, "g", File);
+        let h = mk(&mut ns, ROOT_INO, "h", File);
+        ns.apply(&set_size(f, 100), T0).unwrap();
+        ns.apply(&set_xattr(f, "user.x", b"1", XattrFlag::Either), T0)
+            .unwrap();
+        let renew = |session| NsOp::RenewSession {
+            session,
+            ttl_ms: 1_000,
+        };
+        ns.apply(&renew(5), T0).unwrap();
+        let as5 = |op| NsOp::AsSession {
+            session: 5,
+            op: Box::new(op),
+        };
+        let r = ns.apply(&as5(unlink(ROOT_INO, "f")), T0 + 1).unwrap();
+        assert!(
+            matches!(r, NsResult::Unlinked { freed: Some(ff) } if ff.ino == f && ff.size == 100)
+        );
+        // Gone from the directory, still there by number: stat, truncate, xattrs, locks.
+        assert_eq!(lookup(&ns, ROOT_INO, "f"), Err(FsError::NotFound));
+        assert_eq!((attr(&ns, f).nlink, attr(&ns, f).size), (0, 100));
+        ns.apply(&set_size(f, 50), T0 + 2).unwrap();
+        ns.apply(&NsOp::Extend { ino: f, size: 70 }, T0 + 2)
+            .unwrap();
+        assert_eq!(attr(&ns, f).size, 70);
+        assert!(ns
+            .query(&NsQuery::GetXattr {
+                ino: f,
+                name: "user.x".into()
+            })
+            .is_ok());
+        // It cannot be linked back (as on Linux).
+        fails(&mut ns, &link(f, ROOT_INO, "back"), FsError::NotFound);
+        // A rename over a file keeps the replaced one the same way.
+        let r = ns
+            .apply(&as5(rename(ROOT_INO, "g", ROOT_INO, "h")), T0 + 3)
+            .unwrap();
+        assert!(matches!(r, NsResult::Renamed { replaced_freed: Some(ff) } if ff.ino == h));
+        assert_eq!(attr(&ns, h).nlink, 0);
+        check_invariants(&ns);
+        // A failed op inside leaves nothing behind.
+        let failing = as5(NsOp::Batch(vec![
+            unlink(ROOT_INO, "h"),
+            unlink(ROOT_INO, "nope"),
+        ]));
+        fails(&mut ns, &failing, FsError::NotFound);
+        assert_eq!(lookup(&ns, ROOT_INO, "h"), Ok(g));
+        // Forget by another session does nothing; by the owner, the inode goes.
+        ns.apply(
+            &NsOp::Forget {
+                session: 6,
+                inos: vec![f],
+            },
+            T0 + 4,
+        )
+        .unwrap();
+        assert_eq!(attr(&ns, f).size, 70);
+        ns.apply(
+            &NsOp::Forget {
+                session: 5,
+                inos: vec![f, g],
+            },
+            T0 + 4,
+        )
+        .unwrap();
+        assert_eq!(ns.query(&NsQuery::GetAttr { ino: f }), Err(FsError::Stale));
+        assert_eq!(attr(&ns, g).nlink, 1, "a linked file is not an orphan");
+        check_invariants(&ns);
+        // When the session expires its orphans go with it.
+        let later = T0 + 2_000 * 1_000_000;
+        ns.apply(&renew(6), later).unwrap();
+        assert_eq!(ns.query(&NsQuery::GetAttr { ino: h }), Err(FsError::Stale));
+        assert!(ns.orphans.is_empty());
+        check_invariants(&ns);
+        // Without a live session (or with none) the inode goes at once, as before.
+        let k = mk(&mut ns, ROOT_INO, "k", File);
+        ns.apply(&as5(unlink(ROOT_INO, "k")), later).unwrap();
+        assert_eq!(ns.query(&NsQuery::GetAttr { ino: k }), Err(FsError::Stale));
+        // Lock ops cannot be wrapped.
+        fails(
+            &mut ns,
+            &as5(NsOp::EndSession { session: 5 }),
+            FsError::Invalid,
+        );
+        check_invariants(&ns);
+    }
 
     #[test]
     fn unlink_frees_the_last_link_only() {

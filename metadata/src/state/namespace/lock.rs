@@ -16,11 +16,22 @@ impl Namespace {
             }
             NsOp::EndSession { session } => {
                 self.sessions.remove(session);
-                self.retain_locks(|l| l.session != *session);
+                self.drop_dead_sessions();
                 self.expire_sessions(now);
                 Ok(NsResult::Done)
             }
             NsOp::SetLock { ino, lock, kind } => self.set_lock(*ino, lock, *kind, now),
+            NsOp::WaitLock {
+                ino,
+                lock,
+                kind,
+                wait_ms,
+            } => self.wait_lock(*ino, lock, *kind, *wait_ms, now),
+            NsOp::StopWait { session, owner } => {
+                self.waiting.remove(&(*session, *owner));
+                self.expire_waits(now);
+                Ok(NsResult::Done)
+            }
             NsOp::TestLock { ino, lock, kind } => self
                 .check_lock(*ino, lock)
                 .map(|()| NsResult::LockTest(self.lock_conflict(*ino, lock, *kind, now))),
@@ -116,14 +127,99 @@ impl Namespace {
         Ok(NsResult::Done)
     }
 
-    /// Forget sessions that expired before `now`, and their locks.
+    /// [`NsOp::WaitLock`]: take the lock, or record the wait, or refuse a deadlock.
+    fn wait_lock(
+        &mut self,
+        ino: Ino,
+        lock: &LockSpec,
+        kind: LockKind,
+        wait_ms: u32,
+        now: i64,
+    ) -> Result<NsResult, FsError> {
+        self.check_lock(ino, lock)?;
+        if !self.session_alive(lock.session, now) {
+            return Err(FsError::Stale);
+        }
+        self.expire_waits(now);
+        let me = (lock.session, lock.owner);
+        let Some(held) = self.lock_conflict(ino, lock, kind, now) else {
+            self.waiting.remove(&me);
+            return self.set_lock(ino, lock, Some(kind), now);
+        };
+        if self.waits_for((held.session, held.owner), me, now) {
+            self.waiting.remove(&me);
+            return Err(FsError::Deadlock);
+        }
+        let until = now.saturating_add(i64::from(wait_ms) * 1_000_000);
+        self.waiting.insert(
+            me,
+            Waiter {
+                ino,
+                lock: *lock,
+                kind,
+                until,
+            },
+        );
+        Err(FsError::WouldBlock)
+    }
+
+    /// Whether owner `from` waits, directly or through other waiting owners, for a lock held
+    /// by `to`. Like Linux, each waiter counts as waiting for the first lock in its way.
+    fn waits_for(&self, from: (u64, u64), to: (u64, u64), now: i64) -> bool {
+        let mut cur = from;
+        // Each step goes to another waiter; more steps than waiters means a cycle without `to`.
+        for _ in 0..=self.waiting.len() {
+            if cur == to {
+                return true;
+            }
+            let Some(w) = self.waiting.get(&cur).filter(|w| w.until >= now) else {
+                return false;
+            };
+            match self.lock_conflict(w.ino, &w.lock, w.kind, now) {
+                Some(h) => cur = (h.session, h.owner),
+                None => return false,
+            }
+        }
+        false
+    }
+
+    /// Forget waits that were not renewed in time.
+    fn expire_waits(&mut self, now: i64) {
+        self.waiting.retain(|_, w| w.until >= now);
+    }
+
+    /// Forget sessions that expired before `now`, their locks, waits and orphans.
     pub(super) fn expire_sessions(&mut self, now: i64) {
         let before = self.sessions.len();
         self.sessions.retain(|_, until| *until >= now);
         if self.sessions.len() != before {
-            let sessions = std::mem::take(&mut self.sessions);
-            self.retain_locks(|l| sessions.contains_key(&l.session));
-            self.sessions = sessions;
+            self.drop_dead_sessions();
+        }
+    }
+
+    /// Drop what sessions no longer in `sessions` left: locks, waits, orphans. The data of
+    /// such an orphan stays on the OSDs (its mount died before it could delete it).
+    pub(super) fn drop_dead_sessions(&mut self) {
+        let sessions = std::mem::take(&mut self.sessions);
+        self.retain_locks(|l| sessions.contains_key(&l.session));
+        self.waiting.retain(|(s, _), _| sessions.contains_key(s));
+        let dead: Vec<Ino> = self
+            .orphans
+            .iter()
+            .filter(|(_, s)| !sessions.contains_key(s))
+            .map(|(ino, _)| *ino)
+            .collect();
+        self.sessions = sessions;
+        for ino in dead {
+            self.orphans.remove(&ino);
+            if let Some(inode) = self.inodes.remove(&ino) {
+                self.file_bytes = self.file_bytes.wrapping_sub(inode.attr.size);
+            }
+            let names: Vec<(Ino, String)> = self.xattrs_of(ino).map(|(k, _)| k.clone()).collect();
+            for key in names {
+                self.xattrs.remove(&key);
+            }
+            self.locks.remove(&ino);
         }
     }
 
@@ -287,5 +383,108 @@ mod tests {
         .unwrap();
         assert!(!ns.sessions.contains_key(&1));
         assert!(ns.locks[&f].iter().all(|l| l.session == 2));
+    }
+
+    fn wait(ino: Ino, lock: LockSpec, kind: LockKind) -> NsOp {
+        NsOp::WaitLock {
+            ino,
+            lock,
+            kind,
+            wait_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn a_wait_that_closes_a_cycle_is_a_deadlock() {
+        use LockKind::Exclusive;
+        let mut ns = Namespace::new(T0);
+        let f = mk(&mut ns, ROOT_INO, "f", File);
+        let g = mk(&mut ns, ROOT_INO, "g", File);
+        for session in [1, 2, 3] {
+            let op = NsOp::RenewSession {
+                session,
+                ttl_ms: 60_000,
+            };
+            ns.apply(&op, T0).unwrap();
+        }
+        // A (session 1) holds f:0, B (session 2) holds f:1, C (session 3) holds g:0.
+        let (a, b, c) = ((1, 7), (2, 7), (3, 7));
+        let at = |(s, o), start| spec(s, o, start, start);
+        ns.apply(&wait(f, at(a, 0), Exclusive), T0).unwrap();
+        ns.apply(&wait(f, at(b, 1), Exclusive), T0).unwrap();
+        ns.apply(&wait(g, at(c, 0), Exclusive), T0).unwrap();
+        // A waits for B; C waits for A (a chain, no cycle).
+        assert_eq!(
+            ns.apply(&wait(f, at(a, 1), Exclusive), T0),
+            Err(FsError::WouldBlock)
+        );
+        assert_eq!(
+            ns.apply(&wait(f, at(c, 0), Exclusive), T0),
+            Err(FsError::WouldBlock)
+        );
+        // B asking for g:0 (C's) closes B -> C -> A -> B.
+        assert_eq!(
+            ns.apply(&wait(g, at(b, 0), Exclusive), T0),
+            Err(FsError::Deadlock)
+        );
+        // B asking for f:0 (A's) closes B -> A -> B; B is not left waiting.
+        assert_eq!(
+            ns.apply(&wait(f, at(b, 0), Exclusive), T0),
+            Err(FsError::Deadlock)
+        );
+        assert!(!ns.waiting.contains_key(&b));
+        // A non-blocking request never reports a deadlock.
+        fails(
+            &mut ns,
+            &set_lock(f, at(b, 0), Some(Exclusive)),
+            FsError::WouldBlock,
+        );
+        // A stops waiting (interrupted): B may now wait for A without a deadlock.
+        ns.apply(
+            &NsOp::StopWait {
+                session: a.0,
+                owner: a.1,
+            },
+            T0,
+        )
+        .unwrap();
+        assert_eq!(
+            ns.apply(&wait(f, at(b, 0), Exclusive), T0),
+            Err(FsError::WouldBlock)
+        );
+        // A releases f:0, so B's wait is granted.
+        ns.apply(&set_lock(f, at(a, 0), None), T0).unwrap();
+        ns.apply(&wait(f, at(b, 0), Exclusive), T0).unwrap();
+        assert!(!ns.waiting.contains_key(&b));
+        check_invariants(&ns);
+    }
+
+    #[test]
+    fn waits_not_renewed_in_time_stop_counting() {
+        use LockKind::Exclusive;
+        let mut ns = Namespace::new(T0);
+        let f = mk(&mut ns, ROOT_INO, "f", File);
+        for session in [1, 2] {
+            let op = NsOp::RenewSession {
+                session,
+                ttl_ms: 60_000,
+            };
+            ns.apply(&op, T0).unwrap();
+        }
+        ns.apply(&wait(f, spec(1, 1, 0, 0), Exclusive), T0).unwrap();
+        ns.apply(&wait(f, spec(2, 1, 1, 1), Exclusive), T0).unwrap();
+        assert_eq!(
+            ns.apply(&wait(f, spec(1, 1, 1, 1), Exclusive), T0),
+            Err(FsError::WouldBlock)
+        );
+        // Session 1's owner gave up without saying so: 1 s later its wait is gone.
+        let later = T0 + 1_001 * 1_000_000;
+        assert_eq!(
+            ns.apply(&wait(f, spec(2, 1, 0, 0), Exclusive), later),
+            Err(FsError::WouldBlock)
+        );
+        // An ended session's waits go with it.
+        ns.apply(&NsOp::EndSession { session: 2 }, later).unwrap();
+        assert!(ns.waiting.is_empty());
     }
 }

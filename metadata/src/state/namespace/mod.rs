@@ -11,7 +11,10 @@
 //!   create touches its parent) never copies attribute values.
 //! - counters: the next inode number and generation (neither is ever reused) and the sum of
 //!   file sizes.
-//! - advisory locks: `locks` (ino → held byte-range locks) and `sessions` (lock session → expiry
+//! - orphans: files that lost their last link while a session (a mount) has them open, kept by
+//!   inode number until it lets go or ends (`orphans`: ino → session).
+//! - advisory locks: `locks` (ino → held byte-range locks), `waiting` (owners blocked in a
+//!   waiting lock request, for deadlock detection) and `sessions` (lock session → expiry
 //!   time). A mount renews its session; when it stops (crash, partition) the session expires at a
 //!   time every replica computes from the entries' clocks, its locks stop conflicting at once and
 //!   the next lock op drops them. Lock ops never go through a `Txn`: each one checks everything
@@ -99,6 +102,67 @@ pub struct Namespace {
     locks: BTreeMap<Ino, Vec<HeldLock>>,
     /// Lock sessions and when they expire (nanoseconds since the epoch).
     sessions: BTreeMap<u64, i64>,
+    /// Owners `(session, owner)` waiting for a lock ([`NsOp::WaitLock`]), for deadlock detection.
+    waiting: BTreeMap<(u64, u64), Waiter>,
+    /// Files without links kept for the session that has them open ([`NsOp::AsSession`]).
+    orphans: BTreeMap<Ino, u64>,
+}
+
+/// A blocking lock request that had to wait: what it asked for, and until when it counts
+/// (the waiter asks again before then, or has given up).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Waiter {
+    ino: Ino,
+    lock: LockSpec,
+    kind: LockKind,
+    until: i64,
+}
+
+/// The namespace as codec version 4 (and earlier) wrote it: no lock waiters, no orphans.
+#[derive(Deserialize)]
+pub(crate) struct NamespaceV4 {
+    inodes: BTreeMap<Ino, Inode>,
+    entries: BTreeMap<(Ino, String), Ino>,
+    xattrs: BTreeMap<(Ino, String), Vec<u8>>,
+    next_ino: Ino,
+    next_generation: u64,
+    file_bytes: u64,
+    locks: BTreeMap<Ino, Vec<HeldLock>>,
+    sessions: BTreeMap<u64, i64>,
+}
+
+impl Namespace {
+    /// What codec version 4 would have written for this namespace (for the upgrade tests).
+    #[cfg(test)]
+    pub(crate) fn as_v4(&self) -> impl Serialize + '_ {
+        (
+            &self.inodes,
+            &self.entries,
+            &self.xattrs,
+            self.next_ino,
+            self.next_generation,
+            self.file_bytes,
+            &self.locks,
+            &self.sessions,
+        )
+    }
+}
+
+impl From<NamespaceV4> for Namespace {
+    fn from(n: NamespaceV4) -> Namespace {
+        Namespace {
+            inodes: n.inodes,
+            entries: n.entries,
+            xattrs: n.xattrs,
+            next_ino: n.next_ino,
+            next_generation: n.next_generation,
+            file_bytes: n.file_bytes,
+            locks: n.locks,
+            sessions: n.sessions,
+            waiting: BTreeMap::new(),
+            orphans: BTreeMap::new(),
+        }
+    }
 }
 
 impl Namespace {
@@ -132,11 +196,14 @@ impl Namespace {
             file_bytes: 0,
             locks: BTreeMap::new(),
             sessions: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            orphans: BTreeMap::new(),
         }
     }
 
     /// Apply one mutation at time `now_ns` (the proposer's clock, carried in the raft entry).
-    /// On error nothing changed.
+    /// On error nothing changed, except that [`NsOp::WaitLock`] records (`WouldBlock`) or ends
+    /// (`Deadlock`) its owner's wait, and lock ops drop expired sessions.
     pub fn apply(&mut self, op: &NsOp, now_ns: i64) -> Result<NsResult, FsError> {
         if let Some(result) = self.lock_op(op, now_ns) {
             return result;

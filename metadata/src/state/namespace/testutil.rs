@@ -230,8 +230,15 @@ pub(super) fn check_invariants(ns: &Namespace) {
                     );
                 }
             }
+            File if links == 0 => {
+                // An orphan: kept for the session that has it open.
+                assert!(ns.orphans.contains_key(ino), "leaked inode {ino}");
+                assert_eq!(a.nlink, 0, "nlink of orphan {ino}");
+                file_bytes += a.size;
+            }
             File | Symlink => {
                 assert!(links > 0, "leaked inode {ino}");
+                assert!(!ns.orphans.contains_key(ino), "orphan {ino} with links");
                 assert_eq!(a.nlink, links, "nlink of {ino}");
                 assert_eq!(inode.parent, None);
                 assert_eq!(inode.target.is_some(), a.kind == Symlink);
@@ -244,6 +251,13 @@ pub(super) fn check_invariants(ns: &Namespace) {
         }
     }
     assert_eq!(file_bytes, ns.file_bytes);
+    for (ino, session) in &ns.orphans {
+        assert!(ns.inodes.contains_key(ino), "orphan {ino} without inode");
+        assert!(
+            ns.sessions.contains_key(session),
+            "orphan {ino} of a gone session"
+        );
+    }
     for (ino, _) in ns.xattrs.keys() {
         assert!(ns.inodes.contains_key(ino), "xattr of dead inode {ino}");
     }

@@ -8,6 +8,7 @@ enum Undo {
     Inode(Ino, Option<Inode>),
     Entry((Ino, String), Option<Ino>),
     Xattr((Ino, String), Option<Vec<u8>>),
+    Orphan(Ino, Option<u64>),
 }
 
 /// One op being applied: every write goes through here and is logged, so [`Txn::rollback`] can
@@ -18,6 +19,8 @@ pub(super) struct Txn<'a> {
     undo: Vec<Undo>,
     /// `next_ino`, `next_generation` and `file_bytes` before the op.
     counters: (Ino, u64, u64),
+    /// Inside [`NsOp::AsSession`]: files losing their last link become orphans of this session.
+    keep_for: Option<u64>,
 }
 
 impl<'a> Txn<'a> {
@@ -28,6 +31,7 @@ impl<'a> Txn<'a> {
             now,
             undo: Vec::new(),
             counters,
+            keep_for: None,
         }
     }
 }
@@ -53,6 +57,12 @@ impl Txn<'_> {
                 }
                 Undo::Xattr(key, None) => {
                     self.ns.xattrs.remove(&key);
+                }
+                Undo::Orphan(ino, Some(session)) => {
+                    self.ns.orphans.insert(ino, session);
+                }
+                Undo::Orphan(ino, None) => {
+                    self.ns.orphans.remove(&ino);
                 }
             }
         }
@@ -118,6 +128,14 @@ impl Txn<'_> {
         self.undo.push(Undo::Entry(key, old));
     }
 
+    pub(super) fn set_orphan(&mut self, ino: Ino, session: Option<u64>) {
+        let old = match session {
+            Some(s) => self.ns.orphans.insert(ino, s),
+            None => self.ns.orphans.remove(&ino),
+        };
+        self.undo.push(Undo::Orphan(ino, old));
+    }
+
     pub(super) fn set_xattr(&mut self, key: (Ino, String), value: Option<Vec<u8>>) {
         let old = match value {
             Some(value) => self.ns.xattrs.insert(key.clone(), value),
@@ -161,7 +179,10 @@ impl Txn<'_> {
         if attr.nlink > 0 {
             return Ok(None);
         }
-        self.remove_inode(ino);
+        match self.keep_for {
+            Some(session) if attr.kind == FileKind::File => self.set_orphan(ino, Some(session)),
+            _ => self.remove_inode(ino),
+        }
         Ok((attr.kind == FileKind::File).then_some(FreedFile {
             ino,
             size: attr.size,
@@ -263,11 +284,33 @@ impl Txn<'_> {
                 })?;
                 Ok(NsResult::Attr(attr))
             }
+            NsOp::AsSession { session, op } => {
+                if is_lock_op(op) {
+                    return Err(FsError::Invalid);
+                }
+                // A session that is not there would never let go of its orphans.
+                let alive = self.ns.session_alive(*session, self.now);
+                let outer = std::mem::replace(&mut self.keep_for, alive.then_some(*session));
+                let r = self.op(op);
+                self.keep_for = outer;
+                r
+            }
+            NsOp::Forget { session, inos } => {
+                for ino in inos {
+                    if self.ns.orphans.get(ino) == Some(session) {
+                        self.set_orphan(*ino, None);
+                        self.remove_inode(*ino);
+                    }
+                }
+                Ok(NsResult::Done)
+            }
             // Only reached inside a batch: `Namespace::apply` takes them before any `Txn`.
             NsOp::RenewSession { .. }
             | NsOp::EndSession { .. }
             | NsOp::SetLock { .. }
-            | NsOp::TestLock { .. } => Err(FsError::Invalid),
+            | NsOp::TestLock { .. }
+            | NsOp::WaitLock { .. }
+            | NsOp::StopWait { .. } => Err(FsError::Invalid),
             NsOp::Batch(ops) => ops
                 .iter()
                 .map(|op| self.op(op))
@@ -275,6 +318,19 @@ impl Txn<'_> {
                 .map(NsResult::Batch),
         }
     }
+}
+
+/// Lock and session ops: applied outside any [`Txn`], never batched.
+pub(super) fn is_lock_op(op: &NsOp) -> bool {
+    matches!(
+        op,
+        NsOp::RenewSession { .. }
+            | NsOp::EndSession { .. }
+            | NsOp::SetLock { .. }
+            | NsOp::TestLock { .. }
+            | NsOp::WaitLock { .. }
+            | NsOp::StopWait { .. }
+    )
 }
 
 #[cfg(test)]
