@@ -2,7 +2,8 @@
 # File-system benchmark: cairn's FUSE mount beside a plain local directory on the same disk (the
 # limit) and a GlusterFS FUSE mount (2 bricks, PEERS/gluster.sh), in one run.
 #   - 1 GiB sequential write (dd bs=1M conv=fsync) and read (dd bs=1M after drop_caches)
-#   - N files of 4 KiB: create+write, stat, read, unlink (files/s per phase, one thread)
+#   - N files of 4 KiB: create+write, stat, read, setxattr, getxattr, link, symlink, unlink
+#     (files/s per phase, one thread)
 # Prints one table and the ratios cairn/local and cairn/gluster.
 # Usage: bench/fs.sh [WORKDIR=/tmp/cairn-fsbench] [NFILES=10000] [MiB=1024]
 # Env: CAIRN (binary, default target/release/cairn or target*/debug/cairn), GLUSTER=0 to skip,
@@ -62,9 +63,17 @@ def create(p):
     fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644); os.write(fd, buf); os.close(fd)
 def read(p):
     fd = os.open(p, os.O_RDONLY); assert len(os.read(fd, 8192)) == 4096; os.close(fd)
-c = phase(create); s = phase(os.stat); r = phase(read); u = phase(os.unlink)
+def setx(p): os.setxattr(p, "user.bench", b"value")
+def getx(p): assert os.getxattr(p, "user.bench") == b"value"
+def link(p): os.link(p, p + ".l")
+def symlink(p): os.symlink(p, p + ".s")
+c = phase(create); s = phase(os.stat); r = phase(read)
+xs = phase(setx); xg = phase(getx); ln = phase(link); sl = phase(symlink)
+for i in range(N):
+    os.unlink(f"{d}/f{i}.l"); os.unlink(f"{d}/f{i}.s")
+u = phase(os.unlink)
 os.rmdir(d)
-print(f"{c:.0f} {s:.0f} {r:.0f} {u:.0f}")
+print(f"{c:.0f} {s:.0f} {r:.0f} {u:.0f} {xs:.0f} {xg:.0f} {ln:.0f} {sl:.0f}")
 PYEOF
 )
   rmdir "$d" 2>/dev/null
@@ -93,13 +102,14 @@ if [ "${GLUSTER:-1}" = 1 ]; then
   fi
 fi
 
-printf "\n%-8s %12s %12s %10s %10s %10s %10s\n" target "write MB/s" "read MB/s" "create/s" "stat/s" "read/s" "unlink/s"
-for r in "${RES[@]}"; do printf "%-8s %12s %12s %10s %10s %10s %10s\n" $r; done
+printf "\n%-8s %10s %10s %9s %9s %9s %9s %9s %9s %9s %9s\n" target "write MB/s" "read MB/s" \
+  "create/s" "stat/s" "read/s" "unlink/s" "setxa/s" "getxa/s" "link/s" "symlink/s"
+for r in "${RES[@]}"; do printf "%-8s %10s %10s %9s %9s %9s %9s %9s %9s %9s %9s\n" $r; done
 ratio() { # NAME
   local base; base=$(printf "%s\n" "${RES[@]}" | awk -v n="$1" '$1==n')
   local mine; mine=$(printf "%s\n" "${RES[@]}" | awk '$1=="cairn"')
   [ -n "$base" ] && [ -n "$mine" ] || return
-  echo "$mine $base" | awk -v n="$1" '{printf "cairn/%-8s write %.3g  read %.3g  create %.3g  stat %.3g  read %.3g  unlink %.3g\n", n, $2/$9, $3/$10, $4/$11, $5/$12, $6/$13, $7/$14}'
+  echo "$mine $base" | awk -v n="$1" '{printf "cairn/%-8s write %.3g  read %.3g  create %.3g  stat %.3g  read %.3g  unlink %.3g  setxattr %.3g  getxattr %.3g  link %.3g  symlink %.3g\n", n, $2/$13, $3/$14, $4/$15, $5/$16, $6/$17, $7/$18, $8/$19, $9/$20, $10/$21, $11/$22}'
 }
 echo
 ratio local

@@ -41,6 +41,15 @@ pub struct MountArgs {
     /// close or fsync.
     #[arg(long, default_value_t = 2_000)]
     pub write_behind_age_ms: u64,
+    /// How long a buffered write keeps being retried while the cluster does not answer (OSDs
+    /// stopped, overloaded or failing over), in seconds; only then does it count as lost and
+    /// fail the file's next fsync or close.
+    #[arg(long, default_value_t = 600)]
+    pub write_retry_secs: u64,
+    /// How long one cluster operation keeps retrying (timeouts, failovers) before the call
+    /// that made it fails, in milliseconds; one attempt waits at most 20 s.
+    #[arg(long, default_value_t = 60_000)]
+    pub op_deadline_ms: u64,
 }
 
 impl MountArgs {
@@ -54,6 +63,7 @@ impl MountArgs {
             free_grace: Duration::from_millis(self.free_grace_ms),
             write_behind: self.write_behind_mib.saturating_mul(1 << 20),
             write_behind_age: Duration::from_millis(self.write_behind_age_ms),
+            write_retry: Duration::from_secs(self.write_retry_secs),
             ..MountOptions::default()
         }
     }
@@ -61,7 +71,13 @@ impl MountArgs {
 
 /// Mount and serve until unmounted or signalled.
 pub async fn run_mount(meta: Vec<String>, args: MountArgs) -> Result<()> {
-    let cluster = crate::util::connect(meta).await?;
+    let copts = cairn_client::ClientOptions {
+        op_deadline: Duration::from_millis(args.op_deadline_ms.max(100)),
+        ..Default::default()
+    };
+    let cluster = cairn_client::Cluster::connect_with(meta.clone(), copts)
+        .await
+        .with_context(|| format!("cannot reach the metadata service at {}", meta.join(",")))?;
     if cluster.pool(cairn_client::DEFAULT_FILE_POOL).await.is_err() {
         tracing::warn!(
             pool = cairn_client::DEFAULT_FILE_POOL,

@@ -10,7 +10,7 @@
 
 use crate::state::{DirListing, Handles, PendingSize};
 use crate::writeback::WriteBack;
-use crate::MountOptions;
+use crate::{ttl_ms, MountOptions};
 use bytes::Bytes;
 use cairn_client::{ClientError, FsClient, SetAttrs};
 use cairn_proto::fs::{
@@ -22,8 +22,8 @@ use fuser::consts::{
 };
 use fuser::{
     FileAttr, FileType, KernelConfig, Notifier, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow,
+    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow,
 };
 use std::ffi::OsStr;
 use std::future::Future;
@@ -60,6 +60,8 @@ struct Inner {
     notifier: Arc<OnceLock<Notifier>>,
     /// Data of removed files goes to the reaper, which deletes it after a grace period.
     reaper: mpsc::UnboundedSender<FreedFile>,
+    /// Blocking lock requests in progress, by FUSE request id: an INTERRUPT of one ends it.
+    waits: std::sync::Mutex<std::collections::HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl CairnFs {
@@ -78,6 +80,7 @@ impl CairnFs {
                 fs.clone(),
                 rt.clone(),
                 opts.write_behind.max(MIN_WRITE_BEHIND),
+                opts.write_retry,
             ))
         });
         if let Some(wb) = &wb {
@@ -106,6 +109,7 @@ impl CairnFs {
                 wb,
                 notifier,
                 reaper,
+                waits: Default::default(),
             }),
         }
     }
@@ -201,6 +205,13 @@ fn lock_end(end: u64) -> u64 {
 }
 
 impl Inner {
+    fn waits(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, tokio::sync::oneshot::Sender<()>>>
+    {
+        self.waits.lock().expect("waits lock")
+    }
+
     fn entry_ttl(&self) -> Duration {
         self.opts.entry_ttl
     }
@@ -247,7 +258,23 @@ impl Inner {
                 self.handles.sized(ino, a.size, false);
                 Ok(())
             }
-            Err(e) if e.fs() == Some(FsError::Stale) => Ok(()),
+            Err(e) if e.fs() == Some(FsError::Stale) => {
+                // Removed through another client (this mount keeps what it removes while
+                // open): what was written here since is lost, so say so, and delete the
+                // objects those writes made again.
+                if p.size > 0 {
+                    if let Some(attr) = self.handles.any_file(ino) {
+                        self.free(FreedFile {
+                            ino,
+                            size: p.size,
+                            pool: attr.pool,
+                            chunk_size: attr.chunk_size,
+                        })
+                        .await;
+                    }
+                }
+                Err(libc::ESTALE)
+            }
             Err(e) => {
                 self.handles.restore(ino, p);
                 Err(errno(e))
@@ -500,13 +527,39 @@ impl Inner {
             // Before asking: a close racing with the grant must find the owner.
             self.handles.locked(ino, spec.owner);
         }
+        let (Some(kind), true) = (kind, sleep) else {
+            return self.fs.set_lock(ino, spec, kind).await.map_err(errno);
+        };
+        // A waiting request asks again every `lock_poll`; the metadata service counts it as
+        // waiting for a few polls more, which is what its deadlock detection sees.
+        let wait_ms = ttl_ms((self.opts.lock_poll * 10).max(Duration::from_secs(1)));
         loop {
-            match self.fs.set_lock(ino, spec, kind).await {
+            match self.fs.wait_lock(ino, spec, kind, wait_ms).await {
                 Ok(()) => return Ok(()),
-                Err(e) if sleep && e.fs() == Some(FsError::WouldBlock) => {
+                Err(e) if e.fs() == Some(FsError::WouldBlock) => {
                     tokio::time::sleep(self.opts.lock_poll).await;
                 }
                 Err(e) => return Err(errno(e)),
+            }
+        }
+    }
+
+    /// A blocking lock request: [`Inner::setlk`] until granted, refused, or interrupted
+    /// (`EINTR`, and the metadata service stops counting the owner as waiting).
+    async fn setlk_interruptible(
+        &self,
+        ino: Ino,
+        spec: LockSpec,
+        kind: Option<LockKind>,
+        interrupted: tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<(), Errno> {
+        tokio::select! {
+            r = self.setlk(ino, spec, kind, true) => r,
+            Ok(()) = interrupted => {
+                if let Err(e) = self.fs.stop_wait(spec.session, spec.owner).await {
+                    tracing::debug!(ino, error = %e, "could not end a lock wait");
+                }
+                Err(libc::EINTR)
             }
         }
     }
@@ -662,7 +715,7 @@ impl fuser::Filesystem for CairnFs {
             Err(e) => return reply.error(e),
         };
         self.spawn(|i| async move {
-            match i.fs.unlink(parent, &name).await {
+            match i.fs.unlink_for(Some(i.session), parent, &name).await {
                 Ok(freed) => {
                     i.freed(freed).await;
                     reply.ok()
@@ -729,8 +782,14 @@ impl fuser::Filesystem for CairnFs {
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         self.spawn(|i| async move {
             let r =
-                i.fs.rename((parent, &name), (newparent, &newname), noreplace, exchange)
-                    .await;
+                i.fs.rename_for(
+                    Some(i.session),
+                    (parent, &name),
+                    (newparent, &newname),
+                    noreplace,
+                    exchange,
+                )
+                .await;
             match r {
                 Ok(freed) => {
                     i.freed(freed).await;
@@ -1039,7 +1098,7 @@ impl fuser::Filesystem for CairnFs {
 
     fn setlk(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         _fh: u64,
         lock_owner: u64,
@@ -1054,13 +1113,50 @@ impl fuser::Filesystem for CairnFs {
             Ok(k) => k,
             Err(e) => return reply.error(e),
         };
+        let spec = self.inner.lock_spec(lock_owner, pid, start, lock_end(end));
+        if !sleep || kind.is_none() {
+            return self.spawn(|i| async move {
+                match i.setlk(ino, spec, kind, false).await {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(e),
+                }
+            });
+        }
+        // Registered before the request runs: an INTERRUPT comes after it was read, so after
+        // this.
+        let unique = req.unique();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inner.waits().insert(unique, tx);
         self.spawn(|i| async move {
-            let spec = i.lock_spec(lock_owner, pid, start, lock_end(end));
-            match i.setlk(ino, spec, kind, sleep).await {
+            let r = i.setlk_interruptible(ino, spec, kind, rx).await;
+            i.waits().remove(&unique);
+            match r {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
             }
         });
+    }
+
+    fn interrupt(&mut self, _req: &Request<'_>, unique: u64) {
+        // Only blocking lock requests stop early; every other request finishes on its own.
+        if let Some(tx) = self.inner.waits().remove(&unique) {
+            let _ = tx.send(());
+        }
+    }
+
+    fn ioctl(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _flags: u32,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // No ioctls: what a local file system says for one it does not know.
+        reply.error(libc::ENOTTY);
     }
 }
 
@@ -1099,6 +1195,7 @@ async fn free_now(fs: &FsClient, f: FreedFile) {
 /// still reads it whole. When `files` closes (unmount), what is left is deleted at once.
 pub(crate) async fn reap(
     fs: FsClient,
+    session: u64,
     mut files: mpsc::UnboundedReceiver<FreedFile>,
     grace: Duration,
 ) {
@@ -1116,14 +1213,34 @@ pub(crate) async fn reap(
                     None => std::future::pending().await,
                 }
             } => {
-                if let Some((_, f)) = due.pop_front() {
-                    free_now(&fs, f).await;
+                let now = tokio::time::Instant::now();
+                let mut batch = Vec::new();
+                while due.front().is_some_and(|(at, _)| *at <= now) && batch.len() < 1000 {
+                    batch.extend(due.pop_front().map(|(_, f)| f));
                 }
+                forget_and_free(&fs, session, batch).await;
             }
         }
     }
-    for (_, f) in due {
-        free_now(&fs, f).await;
+    let rest: Vec<FreedFile> = due.into_iter().map(|(_, f)| f).collect();
+    for batch in rest.chunks(1000) {
+        forget_and_free(&fs, session, batch.to_vec()).await;
+    }
+}
+
+/// The namespace lets go of removed files kept for this mount (orphans), then their data goes.
+/// A file whose orphan cannot be forgotten keeps its data: the orphan goes with the session.
+async fn forget_and_free(fs: &FsClient, session: u64, files: Vec<FreedFile>) {
+    if files.is_empty() {
+        return;
+    }
+    let inos = files.iter().map(|f| f.ino).collect();
+    if let Err(e) = fs.forget(session, inos).await {
+        tracing::warn!(error = %e, n = files.len(), "could not drop removed files; their data stays");
+        return;
+    }
+    for f in files {
+        free_now(fs, f).await;
     }
 }
 

@@ -24,8 +24,11 @@
 //!   may be up to that old; with `FUSE_AUTO_INVAL_DATA` a read after that revalidates.
 //! - Writes are buffered ([`MountOptions::write_behind`] bytes per mount at most) and answered at
 //!   once; close (flush), fsync, a truncate, and a read of the same file write them out first, a
-//!   full buffer or [`MountOptions::write_behind_age`] start them early. A deferred write that
-//!   failed (ENOSPC, the cluster gave up) fails the next close or fsync of the file. Files opened
+//!   full buffer or [`MountOptions::write_behind_age`] start them early. A deferred write the
+//!   cluster does not answer is retried for [`MountOptions::write_retry`] (10 min), so a slow or
+//!   paused OSD delays close and fsync but fails nothing; a write the cluster refuses (ENOSPC)
+//!   or that outlived its retries is lost, and fails the next close or fsync of the file
+//!   (once: the error is reported, then cleared, as Linux reports writeback errors). Files opened
 //!   `O_DIRECT`, `O_SYNC` or `O_DSYNC` are written through: durable when `write` returns.
 //! - Sizes: a write past the end of file does not go to the metadata service at once; the mount
 //!   keeps a high-water mark per inode and extends the size on flush (close), fsync and release,
@@ -34,9 +37,19 @@
 //!   durable.
 //! - Advisory locks (`fcntl` and `flock`) live in the metadata service, so they hold across
 //!   mounts. Each mount has a lock session renewed every third of [`MountOptions::lock_ttl`]; a
-//!   mount that dies loses its locks when the session expires. Blocking requests poll.
-//! - Data of a file unlinked while this mount has it open is freed on its last close here; other
-//!   mounts do not know about it, so a file removed elsewhere while open here reads as zeros.
+//!   mount that dies loses its locks when the session expires. Blocking requests (`F_SETLKW`,
+//!   `flock`) poll every [`MountOptions::lock_poll`] and are counted as waiting by the metadata
+//!   service, which refuses a wait that would deadlock (`EDEADLK`, across mounts); a signal to
+//!   the waiting process ends the wait with `EINTR` (FUSE INTERRUPT), so it can be killed.
+//! - A file removed (unlink, or renamed over) while this mount has it open stays usable through
+//!   its open descriptors as on a local file system: `fstat`, reads, writes, `ftruncate`,
+//!   `fchmod`, locks. The metadata service keeps its inode, without links, as an orphan of this
+//!   mount's session; the last close here lets go of it, and its data is deleted
+//!   [`MountOptions::free_grace`] later. A mount that dies loses its orphans with its session
+//!   (their data stays on the OSDs: nobody deletes it). Other mounts do not know what this one
+//!   has open: a file removed elsewhere stays readable here for `free_grace` after that removal,
+//!   then reads as zeros and `fstat` says ESTALE; writes to it here fail the next fsync or close
+//!   with ESTALE (and what they stored is deleted again), never succeed silently.
 
 mod fs;
 mod state;
@@ -95,6 +108,10 @@ pub struct MountOptions {
     pub write_behind: usize,
     /// Buffered writes older than this are started without waiting for a close or fsync.
     pub write_behind_age: Duration,
+    /// A buffered write the cluster does not answer (a stopped or overloaded OSD, a failover)
+    /// is retried this long before it counts as lost; errors the cluster gives (no space, a
+    /// removed file) are not retried.
+    pub write_retry: Duration,
 }
 
 impl Default for MountOptions {
@@ -109,6 +126,7 @@ impl Default for MountOptions {
             free_grace: Duration::from_secs(5),
             write_behind: 64 << 20,
             write_behind_age: Duration::from_secs(2),
+            write_retry: Duration::from_secs(600),
         }
     }
 }
@@ -158,7 +176,12 @@ pub async fn run(
         .await?;
     let notifier = Arc::new(OnceLock::new());
     let (reaper_tx, reaper_rx) = tokio::sync::mpsc::unbounded_channel();
-    let reaper = tokio::spawn(fs::reap(client.clone(), reaper_rx, opts.free_grace));
+    let reaper = tokio::spawn(fs::reap(
+        client.clone(),
+        session_id,
+        reaper_rx,
+        opts.free_grace,
+    ));
     let make_fs = || {
         CairnFs::new(
             client.clone(),
@@ -263,6 +286,6 @@ async fn lazy_unmount(mountpoint: &Path) {
     }
 }
 
-fn ttl_ms(d: Duration) -> u32 {
+pub(crate) fn ttl_ms(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }

@@ -104,6 +104,11 @@ impl Handles {
         self.lock().files.get(&fh).cloned()
     }
 
+    /// The attributes any open handle of `ino` was opened with.
+    pub fn any_file(&self, ino: Ino) -> Option<InodeAttr> {
+        self.lock().files.values().find(|a| a.ino == ino).cloned()
+    }
+
     /// The size reads of `ino` are bounded by.
     pub fn read_size(&self, ino: Ino) -> Option<u64> {
         let t = self.lock();

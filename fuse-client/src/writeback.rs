@@ -13,7 +13,9 @@
 //! ```
 //!
 //! Order: each started write gets a sequence number per inode and waits for the earlier writes
-//! it overlaps, so an older copy of a byte never lands after a newer one. Errors: a failed write
+//! it overlaps, so an older copy of a byte never lands after a newer one. Retries: a write the
+//! cluster does not answer (timeouts, failovers) is sent again, every second, for up to the
+//! mount's `write_retry`, holding its place in that order. Errors: a failed write
 //! is remembered per inode and reported by the next flush (close) or fsync that asks for it
 //! ([`WriteBack::failed`]), as a local file system reports a failed writeback; its data is
 //! dropped. Reads do not look into the buffer: the caller writes out the inode first.
@@ -33,6 +35,8 @@ type Errno = i32;
 const RESERVE_MAX: usize = 4 << 20;
 /// How often a writer waiting for buffer space starts what others buffered meanwhile.
 const FULL_RECHECK: Duration = Duration::from_millis(50);
+/// Pause before a deferred write the cluster did not answer is sent again.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// The write-behind buffers of one mount.
 pub(crate) struct WriteBack {
@@ -42,6 +46,8 @@ pub(crate) struct WriteBack {
     /// Free buffer space in bytes; a buffered byte holds a permit until its write finished.
     space: Semaphore,
     files: Mutex<HashMap<Ino, FileBuf>>,
+    /// How long a write the cluster does not answer is retried.
+    retry: Duration,
 }
 
 /// One inode's buffered and in-flight writes.
@@ -111,10 +117,11 @@ fn insert(
 
 impl WriteBack {
     /// Buffers of at most `cap` bytes in all (at least one maximal FUSE write).
-    pub fn new(fs: FsClient, rt: tokio::runtime::Handle, cap: usize) -> WriteBack {
+    pub fn new(fs: FsClient, rt: tokio::runtime::Handle, cap: usize, retry: Duration) -> WriteBack {
         WriteBack {
             fs,
             rt,
+            retry,
             space: Semaphore::new(cap),
             files: Mutex::default(),
         }
@@ -227,7 +234,7 @@ impl WriteBack {
                 .any(|w| w.seq < seq && w.start < end && start < w.end)
         })
         .await;
-        let r = self.fs.write(&attr, start, data).await;
+        let r = self.write_retrying(ino, &attr, start, data).await;
         {
             let mut files = self.lock();
             let f = files.get_mut(&ino).expect("a file with writes in flight");
@@ -239,6 +246,41 @@ impl WriteBack {
             f.done.notify_waiters();
         }
         self.space.add_permits(len);
+    }
+
+    /// One piece to the cluster, tried again while the cluster does not answer (up to
+    /// `retry`): only a write it refused or that outlived its retries is lost.
+    async fn write_retrying(
+        &self,
+        ino: Ino,
+        attr: &InodeAttr,
+        start: u64,
+        data: Bytes,
+    ) -> Result<(), cairn_client::ClientError> {
+        let began = Instant::now();
+        let mut tries = 0u32;
+        loop {
+            match self.fs.write(attr, start, data.clone()).await {
+                Err(e) if e.is_transient() && began.elapsed() < self.retry => {
+                    tries += 1;
+                    if tries == 1 {
+                        tracing::warn!(ino, offset = start, error = %e, "deferred write delayed; retrying");
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Ok(()) if tries > 0 => {
+                    tracing::info!(
+                        ino,
+                        offset = start,
+                        tries,
+                        secs = began.elapsed().as_secs(),
+                        "deferred write done after retries"
+                    );
+                    return Ok(());
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Wait until `ready` holds for `ino` (or it has no buffer any more).

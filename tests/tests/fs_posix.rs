@@ -353,3 +353,117 @@ fn a_directory_of_100k_entries_lists_in_pages() {
     })
     .expect("list");
 }
+
+/// What a program sees through descriptors of files removed while open (unlink, and a rename
+/// over one), run in a local directory and on the mount: the two must agree step by step.
+/// Prints a JSON list of (step, result or errno name), then the inode numbers involved.
+const OPEN_UNLINKED: &str = r#"
+import errno, fcntl, json, os, sys, time
+d = sys.argv[1]
+out = []
+def rec(name, f):
+    try:
+        out.append([name, repr(f())])
+    except OSError as e:
+        out.append([name, errno.errorcode.get(e.errno, str(e.errno))])
+p, q = os.path.join(d, "victim"), os.path.join(d, "other")
+fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+os.write(fd, b"hello world" * 1000)
+fd2 = os.open(p, os.O_RDONLY)
+ino = os.fstat(fd).st_ino
+os.unlink(p)
+rec("exists", lambda: os.path.exists(p))
+rec("fstat", lambda: (os.fstat(fd).st_size, os.fstat(fd).st_nlink))
+rec("pread", lambda: os.pread(fd, 11, 0))
+rec("pwrite", lambda: os.pwrite(fd, b"XYZ", 5))
+rec("fsync", lambda: os.fsync(fd))
+rec("pread-after-write", lambda: os.pread(fd, 11, 0))
+rec("pread-other-fd", lambda: os.pread(fd2, 11, 0))
+rec("ftruncate", lambda: os.ftruncate(fd, 20))
+rec("size", lambda: os.fstat(fd).st_size)
+rec("fchmod", lambda: os.fchmod(fd, 0o600))
+rec("mode", lambda: oct(os.fstat(fd).st_mode & 0o777))
+rec("lockf", lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB))
+rec("fallocate", lambda: os.posix_fallocate(fd, 0, 65536))
+rec("size-after-fallocate", lambda: os.fstat(fd).st_size)
+rec("tail", lambda: os.pread(fd, 4, 65532))
+rec("pwrite-far", lambda: os.pwrite(fd, b"end", 100000))
+rec("fsync2", lambda: os.fsync(fd))
+rec("link-count", lambda: os.fstat(fd).st_nlink)
+# Longer than the mount's grace for removed files.
+time.sleep(float(sys.argv[2]))
+rec("later-fstat", lambda: os.fstat(fd).st_size)
+rec("later-pread", lambda: os.pread(fd, 8, 99998))
+rec("close2", lambda: os.close(fd2))
+rec("close", lambda: os.close(fd))
+# A rename over an open file keeps the replaced file for its descriptor.
+with open(q, "wb") as f:
+    f.write(b"new contents")
+with open(p, "wb") as f:
+    f.write(b"old contents")
+fd = os.open(p, os.O_RDWR)
+ino2 = os.fstat(fd).st_ino
+os.rename(q, p)
+rec("renamed-over-read", lambda: os.pread(fd, 12, 0))
+rec("renamed-over-write", lambda: os.pwrite(fd, b"OLD", 0))
+rec("renamed-over-close", lambda: os.close(fd))
+rec("path-now", lambda: open(p, "rb").read())
+print(json.dumps(out))
+print(ino, ino2)
+"#;
+
+#[test]
+fn files_removed_while_open_live_until_their_last_close() {
+    let _s = serial();
+    let (rt, c) = start_fs_cluster(ClusterOpts::default()).expect("cluster");
+    let m = c.mount("m", &["--free-grace-ms", "1000"]).expect("mount");
+    let root = m.dir.clone();
+    let local = tempfile::tempdir().expect("tempdir");
+    let fs = FsClient::new(rt.block_on(c.client()).expect("client"));
+    let r = bounded(180, move || {
+        let run = |dir: &Path| -> Result<(String, Vec<u64>)> {
+            let out = run_cmd(
+                Command::new("python3")
+                    .arg("-c")
+                    .arg(OPEN_UNLINKED)
+                    .arg(dir)
+                    .arg("1.5"),
+            )?;
+            let mut lines = out.lines();
+            let steps = lines.next().context("no steps")?.to_string();
+            let inos = lines
+                .next()
+                .context("no inodes")?
+                .split_whitespace()
+                .map(|n| n.parse().context("inode"))
+                .collect::<Result<_>>()?;
+            Ok((steps, inos))
+        };
+        let (want, _) = run(local.path())?;
+        let (got, inos) = run(&root)?;
+        eprintln!("local: {want}\ncairn: {got}");
+        let want: Vec<(String, String)> = serde_json::from_str(&want)?;
+        let got: Vec<(String, String)> = serde_json::from_str(&got)?;
+        for (w, g) in want.iter().zip(&got) {
+            ensure!(w == g, "step {}: local {} but cairn {}", w.0, w.1, g.1);
+        }
+        ensure!(want.len() == got.len(), "steps differ");
+        Ok(inos)
+    });
+    let inos = r.expect("open files after unlink");
+    // After the last close (and the grace) the namespace lets go of both inodes.
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for ino in inos {
+            loop {
+                match fs.getattr(ino).await {
+                    Err(e) if e.fs() == Some(cairn_proto::fs::FsError::Stale) => break,
+                    r => {
+                        assert!(Instant::now() < deadline, "inode {ino} still there: {r:?}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        }
+    });
+}

@@ -2,7 +2,7 @@
 //! (`flock` from util-linux and `fcntl` through python3 as the contenders), atomic rename under
 //! concurrent readers, and real tools (git clone + status, tar, cp -a, rsync).
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use cairn_tests::{bounded, run_cmd, serial, start_fs_cluster, ClusterOpts, Mounted};
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -353,4 +353,170 @@ fn git_tar_cp_and_rsync_work_on_the_mount() {
         Ok(())
     })
     .expect("tools");
+}
+
+/// Holds byte `argv[2]` of `argv[1]` (F_SETLKW), says `held`, and on a line from stdin asks
+/// for byte `argv[3]` the same way: prints `granted` or the errno name, and the seconds it
+/// took; then waits for stdin to close. With `argv[4]` = `alarm`, a SIGALRM 2 s into the second
+/// request interrupts it (the handler raises, so Python does not retry the call).
+const LOCKER: &str = r#"
+import errno, fcntl, os, signal, sys, time
+class Alarm(Exception):
+    pass
+def on_alarm(signum, frame):
+    raise Alarm()
+signal.signal(signal.SIGALRM, on_alarm)
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+if sys.argv[2] != "-":
+    fcntl.lockf(fd, fcntl.LOCK_EX, 1, int(sys.argv[2]))
+print("held", flush=True)
+sys.stdin.readline()
+t = time.time()
+if len(sys.argv) > 4:
+    signal.alarm(2)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX, 1, int(sys.argv[3]))
+    r = "granted"
+except Alarm:
+    r = "EINTR"
+except OSError as e:
+    r = errno.errorcode.get(e.errno, str(e.errno))
+signal.alarm(0)
+print(r, round(time.time() - t, 2), flush=True)
+sys.stdin.read()
+"#;
+
+struct Locker {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Locker {
+    fn start(file: &Path, hold: &str, want: &str, alarm: bool) -> Result<Locker> {
+        let mut cmd = Command::new("python3");
+        cmd.arg("-c").arg(LOCKER).arg(file).arg(hold).arg(want);
+        if alarm {
+            cmd.arg("alarm");
+        }
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+        let out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut l = Locker { child, out };
+        ensure!(l.line()? == "held", "locker did not take its first lock");
+        Ok(l)
+    }
+
+    fn line(&mut self) -> Result<String> {
+        use std::io::BufRead;
+        let mut s = String::new();
+        self.out.read_line(&mut s)?;
+        Ok(s.trim().to_string())
+    }
+
+    /// Make the second request.
+    fn go(&mut self) -> Result<()> {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        stdin.write_all(b"go\n")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// The second request's outcome and how long it took.
+    fn outcome(&mut self) -> Result<(String, f64)> {
+        let l = self.line()?;
+        let (r, secs) = l
+            .split_once(' ')
+            .with_context(|| format!("locker said {l:?}"))?;
+        Ok((r.to_string(), secs.parse()?))
+    }
+
+    /// Close stdin (the locker exits, its locks go with its descriptor) and wait for the exit.
+    fn finish(mut self) -> Result<()> {
+        drop(self.child.stdin.take());
+        wait_exit(&mut self.child, 20)
+    }
+}
+
+/// Wait for `child` to exit; fail naming its state (D: stuck in the kernel) if it does not.
+fn wait_exit(child: &mut std::process::Child, secs: u64) -> Result<()> {
+    let start = Instant::now();
+    while child.try_wait()?.is_none() {
+        if start.elapsed() > Duration::from_secs(secs) {
+            let stat = fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
+            let _ = child.kill();
+            anyhow::bail!(
+                "process {} still there after {secs} s, state {state:?}",
+                child.id()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+#[test]
+fn blocking_locks_detect_deadlocks_and_end_on_signals() {
+    let _s = serial();
+    let (_rt, _c, a, b) = two_mounts(&[]);
+    let (ra, rb) = (a.dir.clone(), b.dir.clone());
+    bounded(180, move || {
+        // A (on mount a) holds byte 0 and waits for byte 1; B (on mount b) holds byte 1 and
+        // asks for byte 0: B gets EDEADLK at once, as on a local file system, and once B is
+        // gone A gets its lock.
+        fs::write(ra.join("dl"), b"0123456789")?;
+        let mut pa = Locker::start(&ra.join("dl"), "0", "1", false)?;
+        let mut pb = Locker::start(&rb.join("dl"), "1", "0", false)?;
+        pa.go()?;
+        std::thread::sleep(Duration::from_millis(500));
+        pb.go()?;
+        let (r, secs) = pb.outcome()?;
+        eprintln!("deadlock answered {r} after {secs} s");
+        // Python names errno 35 EDEADLOCK, its other name.
+        ensure!(
+            r == "EDEADLK" || r == "EDEADLOCK",
+            "the second waiter got {r}, not EDEADLK"
+        );
+        // Generous for a loaded machine: the answer is one metadata round trip.
+        ensure!(secs < 3.0, "EDEADLK took {secs} s");
+        pb.finish()?;
+        let (r, _) = pa.outcome()?;
+        ensure!(
+            r == "granted",
+            "the first waiter got {r} once the other left"
+        );
+        pa.finish()?;
+
+        // A blocked F_SETLKW ends with EINTR when a signal comes (alarm at 2 s).
+        let holder = Locker::start(&rb.join("dl"), "5", "9", false)?;
+        let mut w = Locker::start(&ra.join("dl"), "-", "5", true)?;
+        w.go()?;
+        let (r, secs) = w.outcome()?;
+        eprintln!("interrupted wait answered {r} after {secs} s");
+        ensure!(r == "EINTR", "an interrupted F_SETLKW got {r}");
+        ensure!(secs < 10.0, "EINTR only after {secs} s");
+        w.finish()?;
+        // A waiter killed with SIGKILL dies (it is not left in state D).
+        let mut k = Locker::start(&ra.join("dl"), "-", "5", false)?;
+        k.go()?;
+        std::thread::sleep(Duration::from_millis(500));
+        ensure!(k.child.try_wait()?.is_none(), "the waiter did not wait");
+        k.child.kill()?;
+        wait_exit(&mut k.child, 10)?;
+        // The interrupted and killed waiters left nothing behind: once the holder goes, the
+        // byte is free for a non-blocking request.
+        holder.finish()?;
+        let got = fcntl_try(&ra.join("dl"), 5, 1)?;
+        ensure!(
+            got == "locked",
+            "byte 5 still taken after every holder and waiter left: {got}"
+        );
+        Ok(())
+    })
+    .expect("deadlock and signals");
 }

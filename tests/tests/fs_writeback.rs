@@ -255,6 +255,66 @@ print(", ".join(res))
     .expect("errors of deferred writes");
 }
 
+#[test]
+fn a_paused_osd_delays_buffered_writes_but_fails_none() {
+    let _s = serial();
+    // The paused OSD is never marked down (no failover): writes must wait for it.
+    let (rt, c) = start_fs_cluster(ClusterOpts {
+        osd_down_after_ms: 300_000,
+        ..ClusterOpts::default()
+    })
+    .expect("cluster");
+    // One cluster call gives up after 3 s here, so the 30 s pause outlasts many of them: only
+    // the mount's own retries of its buffered writes keep them.
+    let m = c.mount("m", &["--op-deadline-ms", "3000"]).expect("mount");
+    let root = m.dir.clone();
+    let fs = FsClient::new(rt.block_on(c.client()).expect("client"));
+    let osd = c.osds[1].pid().expect("osd pid");
+    let data = pattern(24 << 20, 7);
+    let want = data.clone();
+    cairn_tests::send_signal(osd, libc::SIGSTOP);
+    let paused = std::time::Instant::now();
+    let r = bounded(240, move || {
+        let resume = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            cairn_tests::send_signal(osd, libc::SIGCONT);
+        });
+        let mut f = File::create(root.join("paused"))?;
+        f.write_all(&data)?;
+        // Buffered: answered at once. fsync waits for the OSD to come back, then succeeds.
+        f.sync_all().context("fsync after the OSD came back")?;
+        drop(f);
+        resume.join().expect("resume thread");
+        Ok(())
+    });
+    // Never leave the OSD stopped, whatever happened.
+    cairn_tests::send_signal(osd, libc::SIGCONT);
+    if let Err(e) = r {
+        panic!(
+            "writes through a paused OSD: {e:#}\nmount:\n{}\ncluster:\n{}",
+            m.daemon.log_tail(),
+            c.logs()
+        );
+    }
+    let waited = paused.elapsed();
+    eprintln!("fsync returned {waited:?} after the pause began");
+    assert!(
+        waited.as_secs() >= 29,
+        "fsync did not wait for the paused OSD"
+    );
+    let (size, got) = in_cluster(&rt, &fs, "paused").expect("read back");
+    assert_eq!(size, want.len() as u64);
+    assert!(got == want, "data read back differs");
+    let log = m.daemon.log();
+    let retried = log.contains("deferred write delayed; retrying");
+    let failed = log.contains("deferred write failed");
+    assert!(
+        retried && !failed,
+        "the mount did not retry (or gave up):\n{}",
+        m.daemon.log_tail()
+    );
+}
+
 /// Peak resident memory of a process in KiB.
 fn vm_hwm_kib(pid: u32) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
