@@ -358,7 +358,7 @@ fn a_directory_of_100k_entries_lists_in_pages() {
 /// over one), run in a local directory and on the mount: the two must agree step by step.
 /// Prints a JSON list of (step, result or errno name), then the inode numbers involved.
 const OPEN_UNLINKED: &str = r#"
-import errno, fcntl, json, os, sys, time
+import errno, fcntl, json, os, sys, termios, time
 d = sys.argv[1]
 out = []
 def rec(name, f):
@@ -390,6 +390,8 @@ rec("tail", lambda: os.pread(fd, 4, 65532))
 rec("pwrite-far", lambda: os.pwrite(fd, b"end", 100000))
 rec("fsync2", lambda: os.fsync(fd))
 rec("link-count", lambda: os.fstat(fd).st_nlink)
+# An ioctl the file system does not know (a terminal's): ENOTTY.
+rec("ioctl", lambda: fcntl.ioctl(fd, termios.TCGETS, bytes(64)))
 # Longer than the mount's grace for removed files.
 time.sleep(float(sys.argv[2]))
 rec("later-fstat", lambda: os.fstat(fd).st_size)
@@ -451,6 +453,12 @@ fn files_removed_while_open_live_until_their_last_close() {
         Ok(inos)
     });
     let inos = r.expect("open files after unlink");
+    let log = m.daemon.log();
+    assert!(
+        !log.contains("ioctl"),
+        "the mount logged ioctls:\n{}",
+        m.daemon.log_tail()
+    );
     // After the last close (and the grace) the namespace lets go of both inodes.
     rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(30);
