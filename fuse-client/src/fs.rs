@@ -41,6 +41,8 @@ const OFFSET_MAX: u64 = i64::MAX as u64;
 /// Largest FUSE write request (`max_write`); the write-behind buffers hold at least two.
 const MAX_WRITE: u32 = 1 << 20;
 const MIN_WRITE_BEHIND: usize = 2 * MAX_WRITE as usize;
+/// File capabilities: the xattr the kernel looks up before each write to a file.
+const CAPS_XATTR: &str = "security.capability";
 
 type Errno = i32;
 
@@ -972,6 +974,7 @@ impl fuser::Filesystem for CairnFs {
             return reply.error(libc::EINVAL);
         }
         let value = value.to_vec();
+        self.inner.handles.set_without_caps(ino, false);
         self.spawn(|i| async move {
             match i.fs.setxattr(ino, &name, value, flags).await {
                 Ok(()) => reply.ok(),
@@ -991,10 +994,26 @@ impl fuser::Filesystem for CairnFs {
         let Some(name) = name.to_str().map(str::to_string) else {
             return reply.error(libc::EINVAL);
         };
+        // The kernel asks for this one before every write: answer from what it was a moment ago.
+        let caps = name == CAPS_XATTR;
+        if caps
+            && self
+                .inner
+                .handles
+                .known_without_caps(ino, self.inner.opts.attr_ttl)
+        {
+            return reply.error(libc::ENODATA);
+        }
         self.spawn(|i| async move {
             match i.fs.getxattr(ino, &name).await {
                 Ok(v) => xattr_reply(reply, size, &v),
-                Err(e) => reply.error(errno(e)),
+                Err(e) => {
+                    let e = errno(e);
+                    if caps && e == libc::ENODATA {
+                        i.handles.set_without_caps(ino, true);
+                    }
+                    reply.error(e)
+                }
             }
         });
     }
@@ -1019,6 +1038,7 @@ impl fuser::Filesystem for CairnFs {
         let Some(name) = name.to_str().map(str::to_string) else {
             return reply.error(libc::EINVAL);
         };
+        self.inner.handles.set_without_caps(ino, false);
         self.spawn(|i| async move {
             match i.fs.removexattr(ino, &name).await {
                 Ok(()) => reply.ok(),

@@ -49,6 +49,9 @@ struct Tables {
     inodes: HashMap<Ino, InodeState>,
     /// (inode, lock owner) pairs that took a lock through this mount and may still hold one.
     lockers: HashSet<(Ino, u64)>,
+    /// Inodes found without `security.capability`, and when: the kernel asks before every
+    /// write (FUSE clears `SB_NOSEC`), so the answer is kept for the attribute TTL.
+    no_caps: HashMap<Ino, std::time::Instant>,
 }
 
 #[derive(Default)]
@@ -192,6 +195,27 @@ impl Handles {
         freed
     }
 
+    /// Whether `ino` was found without `security.capability` less than `ttl` ago.
+    pub fn known_without_caps(&self, ino: Ino, ttl: std::time::Duration) -> bool {
+        self.lock()
+            .no_caps
+            .get(&ino)
+            .is_some_and(|at| at.elapsed() < ttl)
+    }
+
+    /// `ino` has no `security.capability` (as of now), or its xattrs changed (`false`).
+    pub fn set_without_caps(&self, ino: Ino, without: bool) {
+        let mut t = self.lock();
+        if without {
+            if t.no_caps.len() >= 100_000 {
+                t.no_caps.clear();
+            }
+            t.no_caps.insert(ino, std::time::Instant::now());
+        } else {
+            t.no_caps.remove(&ino);
+        }
+    }
+
     /// `owner` took a lock on `ino`.
     pub fn locked(&self, ino: Ino, owner: u64) {
         self.lock().lockers.insert((ino, owner));
@@ -262,6 +286,22 @@ mod tests {
         h.sized(5, 0, true);
         assert_eq!(h.read_size(5), Some(0));
         assert_eq!(h.close_file(fh), None);
+    }
+
+    #[test]
+    fn an_absent_capability_xattr_is_remembered_for_the_ttl_only() {
+        let h = Handles::default();
+        let ttl = std::time::Duration::from_millis(50);
+        assert!(!h.known_without_caps(3, ttl));
+        h.set_without_caps(3, true);
+        assert!(h.known_without_caps(3, ttl));
+        assert!(!h.known_without_caps(4, ttl));
+        // An xattr change through this mount forgets it at once; time forgets it too.
+        h.set_without_caps(3, false);
+        assert!(!h.known_without_caps(3, ttl));
+        h.set_without_caps(3, true);
+        std::thread::sleep(ttl * 2);
+        assert!(!h.known_without_caps(3, ttl));
     }
 
     #[test]
