@@ -1,7 +1,7 @@
 //! The raft log and hard state on sled, implementing [`raft::Storage`].
 //!
-//! Layout (two sled trees; a snapshot is written to both in one transaction, everything else
-//! in one batch of the default tree, so each step below is atomic):
+//! Layout (two sled trees; a snapshot is written to both in one transaction; appends go key by
+//! key in an order that keeps the log contiguous, see [`RaftStore::append`]):
 //!
 //! ```text
 //! tree      key                     value
@@ -286,10 +286,7 @@ impl RaftStore {
                 ),
             ));
         }
-        let mut batch = sled::Batch::default();
-        for i in start..=last {
-            batch.remove(&log_key(i));
-        }
+        let mut records = Vec::with_capacity(ents.len());
         for (n, e) in ents.iter().enumerate() {
             if e.index != start + n as u64 {
                 return Err(MetaError::corrupt(
@@ -297,9 +294,21 @@ impl RaftStore {
                     "appended entries are not contiguous",
                 ));
             }
-            batch.insert(&log_key(e.index), pb_record(e)?);
+            records.push((log_key(e.index), pb_record(e)?));
         }
-        self.db.apply_batch(batch)?;
+        // Key by key, not as a sled batch: every `apply_batch` of sled 0.34 rolls its log buffer
+        // twice, each roll a synchronous `sync_file_range` (measured: 9 per namespace write over
+        // three replicas, where the `flush` that follows needs one each). The order keeps the
+        // log contiguous whatever prefix of these writes a crash keeps (sled recovers its log up
+        // to the first incomplete write): the conflicting suffix goes from its end backwards,
+        // then the new entries come in index order. Nothing here was acknowledged yet: raft
+        // answers only after `flush`.
+        for i in (start..=last).rev() {
+            self.db.remove(log_key(i))?;
+        }
+        for (k, v) in records {
+            self.db.insert(k, v)?;
+        }
         self.terms.truncate((start - self.first_index_()) as usize);
         self.terms.extend(ents.iter().map(|e| e.term));
         Ok(())
