@@ -525,6 +525,13 @@ impl FsClient {
         .await
     }
 
+    /// Make bytes `offset..offset+len` of a file read as zeros, deleting the objects the range
+    /// covers whole (`fallocate(PUNCH_HOLE)`); the size does not change.
+    pub async fn punch(&self, attr: &InodeAttr, offset: u64, len: u64) -> Result<()> {
+        self.with_data(attr, |d| async move { d.punch(offset, len).await })
+            .await
+    }
+
     /// Grow a file to at least `size` after writing past its end (never shrinks it).
     pub async fn extend(&self, ino: Ino, size: u64) -> Result<InodeAttr> {
         self.apply_attr(NsOp::Extend { ino, size }).await

@@ -10,6 +10,10 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 
 /// Pieces of one request in flight at once.
 const PARALLEL: usize = 8;
+/// A punch or removal over more objects than this asks the pool which of them exist (one
+/// listing per placement group) instead of visiting each: a sparse file truncated from 2^60
+/// bytes down names 2^38 objects of which a handful exist.
+const LIST_OVER: u64 = 1024;
 
 #[derive(Clone)]
 pub struct Striped {
@@ -116,7 +120,28 @@ impl Striped {
     /// Make `[offset, offset+len)` read as zeros and free what it can: objects wholly inside are
     /// deleted, an object's tail is truncated, other partial pieces are overwritten with zeros.
     pub async fn punch(&self, offset: u64, len: u64) -> Result<()> {
-        stream::iter(pieces(self.object_size, offset, len))
+        let os = self.object_size;
+        let end = offset.saturating_add(len);
+        let (first, last) = (offset / os, end.div_ceil(os));
+        let ps = if last - first > LIST_OVER {
+            // One piece per existing object: its share of the range.
+            self.existing(first, last)
+                .await?
+                .into_iter()
+                .map(|i| {
+                    let (s, e) = (offset.max(i * os), end.min((i + 1) * os));
+                    Piece {
+                        index: i,
+                        at: s - i * os,
+                        len: e - s,
+                        buf_off: 0,
+                    }
+                })
+                .collect()
+        } else {
+            pieces(os, offset, len)
+        };
+        stream::iter(ps)
             .map(|p| async move {
                 let oid = self.oid(p.index);
                 let r = if p.at == 0 && p.len == self.object_size {
@@ -151,7 +176,12 @@ impl Striped {
 
     /// Delete every object from index `first` up to (excluding) `end_index`.
     pub async fn remove_objects(&self, first: u64, end_index: u64) -> Result<()> {
-        stream::iter(first..end_index)
+        let indices: Vec<u64> = if end_index.saturating_sub(first) > LIST_OVER {
+            self.existing(first, end_index).await?
+        } else {
+            (first..end_index).collect()
+        };
+        stream::iter(indices)
             .map(|i| async move {
                 match self.io.delete(self.oid(i)).await {
                     Err(ClientError::NotFound(_)) => Ok(()),
@@ -162,6 +192,39 @@ impl Striped {
             .try_collect::<Vec<()>>()
             .await?;
         Ok(())
+    }
+
+    /// Indices in `first..end_index` whose objects exist, ascending: the owner's pieces are one
+    /// range of ids in every placement group, listed in all of them at once.
+    pub async fn existing(&self, first: u64, end_index: u64) -> Result<Vec<u64>> {
+        if end_index <= first {
+            return Ok(Vec::new());
+        }
+        let from = self.oid(first).0;
+        let after = from.checked_sub(1).map(Oid);
+        let last = self.oid(end_index - 1);
+        let pgs: Vec<_> = self.io.pool().pgs().collect();
+        let lists: Vec<Vec<(Oid, u64)>> = stream::iter(pgs)
+            .map(|pg| self.io.list_range(pg, after, last))
+            .buffer_unordered(PARALLEL)
+            .try_collect()
+            .await?;
+        let mut out: Vec<u64> = lists
+            .into_iter()
+            .flatten()
+            .filter_map(|(oid, _)| match oid.piece() {
+                Some((kind, owner, index))
+                    if kind == self.kind
+                        && owner == self.owner & ((1 << 56) - 1)
+                        && (first..end_index).contains(&index) =>
+                {
+                    Some(index)
+                }
+                _ => None,
+            })
+            .collect();
+        out.sort_unstable();
+        Ok(out)
     }
 
     /// Whether the object holding byte `offset` exists (for provisioning status).

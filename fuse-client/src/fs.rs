@@ -443,6 +443,48 @@ impl Inner {
         committed
     }
 
+    /// `fallocate(2)`. The cluster is thin (objects are made on first write), so there is
+    /// nothing to reserve: mode 0 grows the size (the new range reads as zeros, as a truncate
+    /// up would leave it), `KEEP_SIZE` alone is done, `PUNCH_HOLE` and `ZERO_RANGE` make the
+    /// range read as zeros (`ZERO_RANGE` may grow the size). The kernel has checked the
+    /// process's file size limit before asking.
+    async fn fallocate(
+        &self,
+        ino: Ino,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+    ) -> Result<(), Errno> {
+        const KNOWN: i32 =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !KNOWN != 0 {
+            return Err(libc::EOPNOTSUPP);
+        }
+        let end = offset.checked_add(len).ok_or(libc::EFBIG)?;
+        if end > MAX_FILE_SIZE {
+            return Err(libc::EFBIG);
+        }
+        let attr = self.handles.file(fh).ok_or(libc::EBADF)?;
+        // What this mount buffered must land before the range changes under it.
+        self.sync_file(ino, false).await?;
+        let size = self.getattr(ino).await?.size;
+        if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 && offset < size {
+            self.fs
+                .punch(&attr, offset, end.min(size) - offset)
+                .await
+                .map_err(errno)?;
+        }
+        if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && end > size {
+            let set = SetAttrs {
+                size: Some(end),
+                ..SetAttrs::default()
+            };
+            self.setattr(ino, set).await?;
+        }
+        Ok(())
+    }
+
     async fn opendir(&self, ino: Ino) -> Result<u64, Errno> {
         let parent = self.fs.lookup(ino, "..").await.map_err(errno)?;
         Ok(self.handles.open_dir(DirListing {
@@ -1154,6 +1196,25 @@ impl fuser::Filesystem for CairnFs {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
             }
+        });
+    }
+
+    fn fallocate(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        length: i64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let (Ok(offset), Ok(len)) = (u64::try_from(offset), u64::try_from(length)) else {
+            return reply.error(libc::EINVAL);
+        };
+        self.spawn(|i| {
+            answer!(reply, i.fallocate(ino, fh, offset, len, mode), |_v| reply
+                .ok())
         });
     }
 

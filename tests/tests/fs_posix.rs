@@ -217,7 +217,7 @@ fn sparse_files_truncate_and_data_deletion() {
     let (rt, c) = start_fs_cluster(ClusterOpts::default()).expect("cluster");
     let m = c.mount("m", &["--free-grace-ms", "0"]).expect("mount");
     let root = m.dir.clone();
-    let (ino, big_ino) = bounded(240, move || {
+    let (ino, big_ino, huge_ino) = bounded(240, move || {
         let p = root.join("sparse");
         // One byte at 10 GiB: the hole reads as zeros, only one object exists.
         let mut f = File::create(&p)?;
@@ -234,6 +234,18 @@ fn sparse_files_truncate_and_data_deletion() {
         let mut z = Vec::new();
         f.read_to_end(&mut z)?;
         assert_eq!(z, b"Z");
+
+        // A file the size of a large disk with one byte far in: truncating it down visits the
+        // objects that exist, not the 2^28 it spans (that ran the mount out of memory).
+        let h = root.join("huge");
+        let f = File::create(&h)?;
+        f.set_len(1 << 50)?;
+        std::os::unix::fs::FileExt::write_all_at(&f, b"Q", (1 << 49) + 5)?;
+        f.sync_all()?;
+        f.set_len(1)?;
+        drop(f);
+        assert_eq!(fs::metadata(&h)?.len(), 1);
+        let huge_ino = fs::metadata(&h)?.ino();
 
         // Truncate down then up: the cut bytes read back as zeros.
         let q = root.join("trunc");
@@ -267,7 +279,7 @@ fn sparse_files_truncate_and_data_deletion() {
                 .args(["of=/dev/null", "bs=1M"]),
         )?;
         fs::remove_file(&big)?;
-        Ok((ino, big_ino))
+        Ok((ino, big_ino, huge_ino))
     })
     .expect("sparse and truncate");
     // Objects past the end were deleted by the truncate; the removed file's objects are gone.
@@ -279,6 +291,11 @@ fn sparse_files_truncate_and_data_deletion() {
             .stat(Oid::for_piece(PieceKind::File, ino, 1))
             .await
             .is_ok());
+        let far = Oid::for_piece(PieceKind::File, huge_ino, (1 << 49) / chunk);
+        assert!(
+            io.stat(far).await.is_err(),
+            "the truncate left the far object"
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let mut left = Vec::new();
