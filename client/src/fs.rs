@@ -765,6 +765,19 @@ impl FsClient {
         self.apply(NsOp::Forget { session, inos }).await.map(|_| ())
     }
 
+    /// Files whose data nobody is left to delete (orphans of ended sessions), up to `limit`.
+    pub async fn purgeable(&self, limit: u32) -> Result<Vec<FreedFile>> {
+        match self.query(NsQuery::Purgeable { limit }).await? {
+            NsReply::Purgeable(files) => Ok(files),
+            other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// The data of these purgeable files is deleted: the namespace forgets them.
+    pub async fn purged(&self, inos: Vec<Ino>) -> Result<()> {
+        self.apply(NsOp::Purged { inos }).await.map(|_| ())
+    }
+
     /// The lock that would block `kind` on `lock`, if any.
     pub async fn test_lock(
         &self,

@@ -1281,9 +1281,13 @@ pub(crate) async fn reap(
     grace: Duration,
 ) {
     let mut due: std::collections::VecDeque<(tokio::time::Instant, FreedFile)> = Default::default();
+    // Now and then, the data of files whose mount died with them open (see `purge_dead`).
+    let mut purge = tokio::time::interval(PURGE_EVERY);
+    purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next = due.front().map(|(at, _)| *at);
         tokio::select! {
+            _ = purge.tick() => purge_dead(&fs).await,
             f = files.recv() => match f {
                 Some(f) => due.push_back((tokio::time::Instant::now() + grace, f)),
                 None => break,
@@ -1306,6 +1310,40 @@ pub(crate) async fn reap(
     let rest: Vec<FreedFile> = due.into_iter().map(|(_, f)| f).collect();
     for batch in rest.chunks(1000) {
         forget_and_free(&fs, session, batch.to_vec()).await;
+    }
+}
+
+/// How often a mount deletes the data of files left by mounts that died ([`purge_dead`]).
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// Delete the data of files removed while open on a mount that died before their last close
+/// (the metadata service lists them when that mount's session ends), then have the namespace
+/// forget them. Any mount may do it, several at once: deleting is idempotent and inode numbers
+/// are never reused.
+async fn purge_dead(fs: &FsClient) {
+    let files = match fs.purgeable(1000).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not list files to purge");
+            return;
+        }
+    };
+    if files.is_empty() {
+        return;
+    }
+    let mut done = Vec::new();
+    for f in files {
+        match fs.free(f).await {
+            Ok(()) => done.push(f.ino),
+            Err(e) => {
+                tracing::warn!(ino = f.ino, error = %e, "could not purge a dead mount's file")
+            }
+        }
+    }
+    let n = done.len();
+    match fs.purged(done).await {
+        Ok(()) => tracing::info!(files = n, "purged the data of files a dead mount had open"),
+        Err(e) => tracing::warn!(error = %e, "could not record purged files"),
     }
 }
 

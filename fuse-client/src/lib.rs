@@ -45,8 +45,9 @@
 //!   its open descriptors as on a local file system: `fstat`, reads, writes, `ftruncate`,
 //!   `fchmod`, locks. The metadata service keeps its inode, without links, as an orphan of this
 //!   mount's session; the last close here lets go of it, and its data is deleted
-//!   [`MountOptions::free_grace`] later. A mount that dies loses its orphans with its session
-//!   (their data stays on the OSDs: nobody deletes it). Other mounts do not know what this one
+//!   [`MountOptions::free_grace`] later. A mount that dies loses its orphans with its session;
+//!   the metadata service lists their data as purgeable and any mount deletes it (at start and
+//!   every minute). Other mounts do not know what this one
 //!   has open: a file removed elsewhere stays readable here for `free_grace` after that removal,
 //!   then reads as zeros and `fstat` says ESTALE; writes to it here fail the next fsync or close
 //!   with ESTALE (and what they stored is deleted again), never succeed silently.

@@ -250,6 +250,8 @@ pub enum NsOp {
     /// `session` lets go of these orphans: each goes (inodes that are not orphans of the
     /// session are left alone).
     Forget { session: u64, inos: Vec<Ino> },
+    /// The data of these purgeable files ([`NsQuery::Purgeable`]) was deleted: forget them.
+    Purged { inos: Vec<Ino> },
 }
 
 /// Shared (read) or exclusive (write) advisory lock.
@@ -376,6 +378,11 @@ pub enum NsQuery {
     },
     /// Counts over the whole namespace.
     Stats,
+    /// Up to `limit` files whose data nobody deletes any more: orphans of sessions that ended
+    /// or expired (their mount died before its last close). See [`NsOp::Purged`].
+    Purgeable {
+        limit: u32,
+    },
 }
 
 /// Counts over the whole namespace.
@@ -409,6 +416,8 @@ pub enum NsReply {
     XattrNames(Vec<String>),
     /// [`NsQuery::Stats`].
     Stats(NsStats),
+    /// [`NsQuery::Purgeable`].
+    Purgeable(Vec<FreedFile>),
 }
 
 /// A POSIX error of a namespace operation. [`FsError::errno`] gives the Linux number.

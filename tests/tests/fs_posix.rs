@@ -492,3 +492,74 @@ fn files_removed_while_open_live_until_their_last_close() {
         }
     });
 }
+
+#[test]
+fn a_dead_mounts_removed_open_files_are_purged_by_another_mount() {
+    let _s = serial();
+    let (rt, c) = start_fs_cluster(ClusterOpts::default()).expect("cluster");
+    let mut a = c.mount("a", &["--lock-ttl-ms", "2000"]).expect("mount a");
+    let root = a.dir.clone();
+    // A process on mount a writes a file, keeps it open and removes it; then mount a dies.
+    let mut holder = Command::new("python3")
+        .arg("-c")
+        .arg("import os, sys, time\nfd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)\nos.write(fd, b'x' * (9 << 20)); os.fsync(fd)\nprint(os.fstat(fd).st_ino, flush=True)\nos.unlink(sys.argv[1])\nprint('removed', flush=True)\ntime.sleep(600)")
+        .arg(root.join("doomed"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("holder");
+    let mut out = std::io::BufReader::new(holder.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    use std::io::BufRead;
+    out.read_line(&mut line).expect("inode");
+    let ino: u64 = line.trim().parse().expect("inode number");
+    line.clear();
+    out.read_line(&mut line).expect("removed");
+    assert_eq!(line.trim(), "removed");
+    a.kill9();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    drop(a);
+    rt.block_on(async {
+        let cl = c.client().await?;
+        let io = cl.pool_io("default").await?;
+        let obj = |i| Oid::for_piece(PieceKind::File, ino, i);
+        ensure!(
+            io.stat(obj(2)).await.is_ok(),
+            "the open file's data went with its name"
+        );
+        anyhow::Ok(())
+    })
+    .expect("data kept while open");
+    // Its session expires (2 s, noticed at the next lock op: another mount renews its own);
+    // a mount's reaper then deletes the data nobody else will.
+    let _b = c.mount("b", &["--lock-ttl-ms", "2000"]).expect("mount b");
+    std::thread::sleep(Duration::from_secs(4));
+    let _c2 = c.mount("c", &[]).expect("mount c");
+    rt.block_on(async {
+        let cl = c.client().await?;
+        let io = cl.pool_io("default").await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut left = Vec::new();
+            for i in 0..3 {
+                if io
+                    .stat(Oid::for_piece(PieceKind::File, ino, i))
+                    .await
+                    .is_ok()
+                {
+                    left.push(i);
+                }
+            }
+            if left.is_empty() {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "objects of the dead mount's file remain: {left:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        anyhow::Ok(())
+    })
+    .expect("purged");
+}

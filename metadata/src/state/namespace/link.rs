@@ -554,6 +554,14 @@ mod tests {
         assert_eq!(ns.query(&NsQuery::GetAttr { ino: h }), Err(FsError::Stale));
         assert!(ns.orphans.is_empty());
         check_invariants(&ns);
+        // Its data is now on the purge list, until a client says it deleted it.
+        let purgeable = |ns: &Namespace| match ns.query(&NsQuery::Purgeable { limit: 10 }) {
+            Ok(NsReply::Purgeable(f)) => f.iter().map(|f| f.ino).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(purgeable(&ns), vec![h]);
+        ns.apply(&NsOp::Purged { inos: vec![h] }, later).unwrap();
+        assert!(purgeable(&ns).is_empty());
         // Without a live session (or with none) the inode goes at once, as before.
         let k = mk(&mut ns, ROOT_INO, "k", File);
         ns.apply(&as5(unlink(ROOT_INO, "k")), later).unwrap();

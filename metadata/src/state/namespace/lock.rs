@@ -197,8 +197,8 @@ impl Namespace {
         }
     }
 
-    /// Drop what sessions no longer in `sessions` left: locks, waits, orphans. The data of
-    /// such an orphan stays on the OSDs (its mount died before it could delete it).
+    /// Drop what sessions no longer in `sessions` left: locks, waits, orphans. An orphan's
+    /// data goes on the purge list (its mount died before it could delete it).
     pub(super) fn drop_dead_sessions(&mut self) {
         let sessions = std::mem::take(&mut self.sessions);
         self.retain_locks(|l| sessions.contains_key(&l.session));
@@ -214,6 +214,14 @@ impl Namespace {
             self.orphans.remove(&ino);
             if let Some(inode) = self.inodes.remove(&ino) {
                 self.file_bytes = self.file_bytes.wrapping_sub(inode.attr.size);
+                let a = inode.attr;
+                let f = FreedFile {
+                    ino,
+                    size: a.size,
+                    pool: a.pool,
+                    chunk_size: a.chunk_size,
+                };
+                self.purge.insert(ino, f);
             }
             let names: Vec<(Ino, String)> = self.xattrs_of(ino).map(|(k, _)| k.clone()).collect();
             for key in names {

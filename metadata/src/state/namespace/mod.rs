@@ -106,6 +106,9 @@ pub struct Namespace {
     waiting: BTreeMap<(u64, u64), Waiter>,
     /// Files without links kept for the session that has them open ([`NsOp::AsSession`]).
     orphans: BTreeMap<Ino, u64>,
+    /// Orphans of sessions that ended or expired: gone from the namespace, their data still on
+    /// the OSDs until a client deletes it ([`NsQuery::Purgeable`], [`NsOp::Purged`]).
+    purge: BTreeMap<Ino, FreedFile>,
 }
 
 /// A blocking lock request that had to wait: what it asked for, and until when it counts
@@ -118,7 +121,7 @@ struct Waiter {
     until: i64,
 }
 
-/// The namespace as codec version 4 (and earlier) wrote it: no lock waiters, no orphans.
+/// The namespace as codec version 4 (and earlier) wrote it: no lock waiters, orphans or purge list.
 #[derive(Deserialize)]
 pub(crate) struct NamespaceV4 {
     inodes: BTreeMap<Ino, Inode>,
@@ -161,6 +164,7 @@ impl From<NamespaceV4> for Namespace {
             sessions: n.sessions,
             waiting: BTreeMap::new(),
             orphans: BTreeMap::new(),
+            purge: BTreeMap::new(),
         }
     }
 }
@@ -198,6 +202,7 @@ impl Namespace {
             sessions: BTreeMap::new(),
             waiting: BTreeMap::new(),
             orphans: BTreeMap::new(),
+            purge: BTreeMap::new(),
         }
     }
 
@@ -257,6 +262,9 @@ impl Namespace {
                 Ok(NsReply::AttrXattr(attr, value))
             }
             NsQuery::Stats => Ok(NsReply::Stats(self.stats())),
+            NsQuery::Purgeable { limit } => Ok(NsReply::Purgeable(
+                self.purge.values().take(*limit as usize).copied().collect(),
+            )),
         }
     }
 }

@@ -251,6 +251,12 @@ pub(super) fn check_invariants(ns: &Namespace) {
         }
     }
     assert_eq!(file_bytes, ns.file_bytes);
+    for ino in ns.purge.keys() {
+        assert!(
+            !ns.inodes.contains_key(ino),
+            "purgeable {ino} still an inode"
+        );
+    }
     for (ino, session) in &ns.orphans {
         assert!(ns.inodes.contains_key(ino), "orphan {ino} without inode");
         assert!(

@@ -9,6 +9,7 @@ enum Undo {
     Entry((Ino, String), Option<Ino>),
     Xattr((Ino, String), Option<Vec<u8>>),
     Orphan(Ino, Option<u64>),
+    Purge(Ino, Option<FreedFile>),
 }
 
 /// One op being applied: every write goes through here and is logged, so [`Txn::rollback`] can
@@ -63,6 +64,12 @@ impl Txn<'_> {
                 }
                 Undo::Orphan(ino, None) => {
                     self.ns.orphans.remove(&ino);
+                }
+                Undo::Purge(ino, Some(f)) => {
+                    self.ns.purge.insert(ino, f);
+                }
+                Undo::Purge(ino, None) => {
+                    self.ns.purge.remove(&ino);
                 }
             }
         }
@@ -134,6 +141,14 @@ impl Txn<'_> {
             None => self.ns.orphans.remove(&ino),
         };
         self.undo.push(Undo::Orphan(ino, old));
+    }
+
+    pub(super) fn set_purge(&mut self, ino: Ino, f: Option<FreedFile>) {
+        let old = match f {
+            Some(f) => self.ns.purge.insert(ino, f),
+            None => self.ns.purge.remove(&ino),
+        };
+        self.undo.push(Undo::Purge(ino, old));
     }
 
     pub(super) fn set_xattr(&mut self, key: (Ino, String), value: Option<Vec<u8>>) {
@@ -301,6 +316,12 @@ impl Txn<'_> {
                         self.set_orphan(*ino, None);
                         self.remove_inode(*ino);
                     }
+                }
+                Ok(NsResult::Done)
+            }
+            NsOp::Purged { inos } => {
+                for ino in inos {
+                    self.set_purge(*ino, None);
                 }
                 Ok(NsResult::Done)
             }
