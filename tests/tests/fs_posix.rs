@@ -23,6 +23,31 @@ fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
     }
 }
 
+/// Wait (up to 30 s) until objects `0..n` of file `ino` are gone; `what` names the file.
+async fn objects_go(io: &cairn_client::PoolIo, ino: u64, n: u64, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut left = Vec::new();
+        for i in 0..n {
+            if io
+                .stat(Oid::for_piece(PieceKind::File, ino, i))
+                .await
+                .is_ok()
+            {
+                left.push(i);
+            }
+        }
+        if left.is_empty() {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "objects of {what} remain: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 fn python(script: &str, args: &[&Path]) -> Result<String> {
     run_cmd(Command::new("python3").arg("-c").arg(script).args(args))
 }
@@ -296,28 +321,7 @@ fn sparse_files_truncate_and_data_deletion() {
             io.stat(far).await.is_err(),
             "the truncate left the far object"
         );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut left = Vec::new();
-            for idx in 0..(300u64 << 20) / chunk {
-                if io
-                    .stat(Oid::for_piece(PieceKind::File, big_ino, idx))
-                    .await
-                    .is_ok()
-                {
-                    left.push(idx);
-                }
-            }
-            if left.is_empty() {
-                break;
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "objects of a removed file remain: {left:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        anyhow::Ok(())
+        objects_go(&io, big_ino, (300u64 << 20) / chunk, "a removed file").await
     })
     .expect("object checks");
 }
@@ -538,28 +542,7 @@ fn a_dead_mounts_removed_open_files_are_purged_by_another_mount() {
     rt.block_on(async {
         let cl = c.client().await?;
         let io = cl.pool_io("default").await?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut left = Vec::new();
-            for i in 0..3 {
-                if io
-                    .stat(Oid::for_piece(PieceKind::File, ino, i))
-                    .await
-                    .is_ok()
-                {
-                    left.push(i);
-                }
-            }
-            if left.is_empty() {
-                break;
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "objects of the dead mount's file remain: {left:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        anyhow::Ok(())
+        objects_go(&io, ino, 3, "the dead mount's file").await
     })
     .expect("purged");
 }

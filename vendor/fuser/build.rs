@@ -6,7 +6,7 @@ fn main() {
     );
 
     #[cfg(all(not(feature = "libfuse"), not(target_os = "linux")))]
-    unimplemented!("Building without libfuse is only supported on Linux");
+    panic!("fuser without libfuse builds on Linux only (enable the libfuse feature elsewhere)");
 
     #[cfg(not(feature = "libfuse"))]
     {
