@@ -136,6 +136,14 @@ impl Lane {
     }
 }
 
+/// bincode's options of `bincode::serialize`, the journal records' encoding since format 1.
+fn record_opts() -> impl bincode::Options + Copy {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+}
+
 /// Largest write staged on the async worker itself rather than in the blocking pool.
 const INLINE_STAGE_MAX: usize = 64 << 10;
 
@@ -498,13 +506,16 @@ impl Durable {
             Some((_, v)) => *v,
             None => stat.map_or(0, |s| s.version),
         };
-        let payload = bincode::serialize(&Record {
+        // The record's bytes are bincode's legacy encoding of `Record` (what replay decodes),
+        // with a large payload left in place rather than copied into the record.
+        let record = Record {
             pg,
             oid,
             mutation: mutation.clone(),
-        })
-        .expect("records serialize");
-        let seq = self.journal.submit(&payload)?;
+        };
+        let parts = cairn_proto::payload::encode_segments(record_opts(), &[], &record)
+            .expect("records serialize");
+        let seq = self.journal.submit_parts(&parts.parts)?;
         st.next_ticket += 1;
         let ticket = st.next_ticket;
         if let Mutation::Apply { version, op, .. } = mutation {

@@ -21,8 +21,9 @@
 
 use crate::error::FrameFault;
 use crate::msg::{opcode, Request, Response};
+use crate::payload::{self, Segments};
 use bincode::Options;
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 pub const MAGIC: [u8; 4] = *b"CRN1";
 pub const VERSION: u8 = 1;
@@ -72,6 +73,17 @@ fn bincode_opts() -> impl Options {
     bincode::DefaultOptions::new()
         .with_limit(MAX_BODY as u64)
         .reject_trailing_bytes()
+}
+
+/// The length of the frame at the front of `buf` once its header is there (whether the header
+/// is valid is [`parse`]'s to say), so a reader can make room for all of it at once instead of
+/// growing its buffer (and copying what it holds) step by step.
+pub fn frame_len(buf: &[u8]) -> Option<usize> {
+    if buf.len() < HEADER_LEN {
+        return None;
+    }
+    let body_len = u32::from_be_bytes([buf[16], buf[17], buf[18], buf[19]]) as usize;
+    Some(HEADER_LEN + body_len.min(MAX_BODY))
 }
 
 /// Parse one frame from the front of `buf`. Never panics on any input.
@@ -149,7 +161,17 @@ pub fn encode_raw(out: &mut BytesMut, kind: Kind, opcode: u16, id: u64, body: &[
 fn seal(out: &mut BytesMut, start: usize, kind: Kind, opcode: u16, id: u64) {
     let body_len = out.len() - start - HEADER_LEN;
     let body_crc = crc32fast::hash(&out[start + HEADER_LEN..]);
-    let h = &mut out[start..start + HEADER_LEN];
+    write_header(
+        &mut out[start..start + HEADER_LEN],
+        kind,
+        opcode,
+        id,
+        body_len,
+        body_crc,
+    );
+}
+
+fn write_header(h: &mut [u8], kind: Kind, opcode: u16, id: u64, body_len: usize, body_crc: u32) {
     h[..4].copy_from_slice(&MAGIC);
     h[4] = VERSION;
     h[5] = kind as u8;
@@ -195,6 +217,35 @@ pub fn encode_response(out: &mut BytesMut, id: u64, resp: &Response) -> Result<(
     encode_msg(out, Kind::Response, opcode::RESPONSE, id, resp)
 }
 
+/// A frame as segments for a vectored write: the header and the encoded message, with the
+/// payloads of at least [`payload::SEGMENT_MIN`] bytes shared rather than copied. The bytes
+/// are exactly those [`encode_request`] / [`encode_response`] write.
+fn encode_msg_segments<T: serde::Serialize>(
+    kind: Kind,
+    opcode: u16,
+    id: u64,
+    msg: &T,
+) -> Result<Segments, EncodeError> {
+    // The limit is checked here: with one, bincode would first walk the message to size it.
+    let mut seg = payload::encode_segments(bincode_opts().with_no_limit(), &[], msg)?;
+    let body_len = seg.len();
+    if body_len > MAX_BODY {
+        return Err(EncodeError(Box::new(bincode::ErrorKind::SizeLimit)));
+    }
+    let mut h = [0u8; HEADER_LEN];
+    write_header(&mut h, kind, opcode, id, body_len, seg.crc32().finalize());
+    seg.parts.insert(0, Bytes::copy_from_slice(&h));
+    Ok(seg)
+}
+
+pub fn encode_request_segments(id: u64, req: &Request) -> Result<Segments, EncodeError> {
+    encode_msg_segments(Kind::Request, req.opcode(), id, req)
+}
+
+pub fn encode_response_segments(id: u64, resp: &Response) -> Result<Segments, EncodeError> {
+    encode_msg_segments(Kind::Response, opcode::RESPONSE, id, resp)
+}
+
 /// Decode a request body; the opcode in the header must name the decoded family.
 pub fn decode_request(header: &Header, body: &[u8]) -> Result<Request, FrameFault> {
     let req: Request = bincode_opts()
@@ -210,6 +261,22 @@ pub fn decode_response(body: &[u8]) -> Result<Response, FrameFault> {
     bincode_opts()
         .deserialize(body)
         .map_err(|_| FrameFault::BadBody)
+}
+
+/// As [`decode_request`], from a frame cut off the receive buffer: payloads become slices of
+/// `body` instead of copies.
+pub fn decode_request_bytes(header: &Header, body: &Bytes) -> Result<Request, FrameFault> {
+    let req: Request =
+        payload::decode_from(bincode_opts(), body).map_err(|_| FrameFault::BadBody)?;
+    if req.opcode() != header.opcode {
+        return Err(FrameFault::UnknownOpcode);
+    }
+    Ok(req)
+}
+
+/// As [`decode_response`], with payloads sliced out of `body`.
+pub fn decode_response_bytes(body: &Bytes) -> Result<Response, FrameFault> {
+    payload::decode_from(bincode_opts(), body).map_err(|_| FrameFault::BadBody)
 }
 
 #[cfg(test)]
@@ -231,6 +298,41 @@ mod tests {
             },
             fence: None,
         })
+    }
+
+    #[test]
+    fn segments_are_the_bytes_of_the_plain_frame_and_decode_from_a_buffer() {
+        for n in [0, 5, crate::payload::SEGMENT_MIN, 3 << 20] {
+            let req = Request::Osd(OsdRequest::Mutate {
+                epoch: 7,
+                pool: PoolId(1),
+                oid: Oid(42),
+                op: ObjOp::WriteFull {
+                    data: bytes::Bytes::from(vec![0x5a; n]),
+                },
+                fence: None,
+            });
+            let mut plain = BytesMut::new();
+            encode_request(&mut plain, 3, &req).unwrap();
+            let seg = encode_request_segments(3, &req).unwrap();
+            assert_eq!(seg.concat(), plain.to_vec(), "size {n}");
+            let frame = bytes::Bytes::from(seg.concat());
+            let Parsed::Frame { header, .. } = parse(&frame).unwrap() else {
+                panic!()
+            };
+            let body = frame.slice(HEADER_LEN..);
+            assert_eq!(decode_request_bytes(&header, &body).unwrap(), req);
+            let resp = Response::Osd(crate::msg::OsdResponse::Data(bytes::Bytes::from(vec![
+                9;
+                n
+            ])));
+            let mut plain = BytesMut::new();
+            encode_response(&mut plain, 4, &resp).unwrap();
+            let seg = encode_response_segments(4, &resp).unwrap();
+            assert_eq!(seg.concat(), plain.to_vec());
+            let body = bytes::Bytes::from(seg.concat()).slice(HEADER_LEN..);
+            assert_eq!(decode_response_bytes(&body).unwrap(), resp);
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - [`user`]: S3 users, access keys and bucket permissions.
 //! - [`fs`]: the uniform namespace: inodes, namespace operations and queries, POSIX errors.
 //! - [`error`]: errors that cross the wire.
+//! - [`payload`]: object data that crosses frames and journal records without copies.
 //!
 //! Data flow: a client builds a [`msg::Request`], [`rpc::RpcClient`] frames it with [`frame`],
 //! the server's [`rpc::serve`] parses it and hands it to the daemon's handler, whose
@@ -27,6 +28,7 @@ pub mod map;
 pub mod meta_client;
 pub mod msg;
 pub mod object;
+pub mod payload;
 pub mod placement;
 pub mod rpc;
 pub mod user;

@@ -364,7 +364,7 @@ pub enum OsdResponse {
     Mutated {
         version: u64,
     },
-    Data(Bytes),
+    Data(#[serde(with = "crate::payload")] Bytes),
     Stat(ObjectStat),
     List {
         objects: Vec<(Oid, u64)>,
@@ -461,6 +461,7 @@ pub struct ScanItem {
 pub struct ObjectPiece {
     pub stat: ObjectStat,
     pub offset: u64,
+    #[serde(with = "crate::payload")]
     pub data: Bytes,
 }
 

@@ -293,9 +293,16 @@ pub fn parse_value(v: &str) -> Result<Value, FilterError> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ObjOp {
     /// Replace the whole object's data (creating it): size becomes `data.len()`.
-    WriteFull { data: Bytes },
+    WriteFull {
+        #[serde(with = "crate::payload")]
+        data: Bytes,
+    },
     /// Write `data` at `offset`, creating the object and extending it as needed (holes read as zeros).
-    Write { offset: u64, data: Bytes },
+    Write {
+        offset: u64,
+        #[serde(with = "crate::payload")]
+        data: Bytes,
+    },
     /// Set the size, dropping or zero-extending data.
     Truncate { size: u64 },
     /// Remove the object with its attributes and fields.

@@ -7,13 +7,20 @@
 //!
 //! Client: [`RpcClient`] keeps one multiplexed connection per address, reconnecting on demand. A
 //! failed connection fails every call in flight on it with [`RpcError::Disconnected`].
+//!
+//! Payloads are not copied on either side (see [`crate::payload`]): a frame of at least
+//! [`payload::SEGMENT_MIN`] bytes is cut off the receive buffer (made room for at once when its
+//! header arrives) and decoded with its payloads sliced out of it; frames leave through an
+//! [`OutQueue`], small ones coalesced into one buffer, payloads as segments of a vectored write.
 
 use crate::error::{FrameFault, WireError};
 use crate::frame::{self, Kind, Parsed};
 use crate::msg::{Request, Response};
-use bytes::BytesMut;
-use std::collections::HashMap;
+use crate::payload::{self, Segments};
+use bytes::{Buf, Bytes, BytesMut};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -87,9 +94,15 @@ async fn serve_conn<H: Handler>(
                         let _ = tx.send((header.id, frame_error(FrameFault::BadKind))).await;
                         break 'read Ok(());
                     }
-                    let req = frame::decode_request(&header, body);
                     let id = header.id;
-                    let _ = buf.split_to(len);
+                    let req = if body.len() >= payload::SEGMENT_MIN {
+                        let frame = buf.split_to(len).freeze();
+                        frame::decode_request_bytes(&header, &frame.slice(frame::HEADER_LEN..))
+                    } else {
+                        let req = frame::decode_request(&header, body);
+                        let _ = buf.split_to(len);
+                        req
+                    };
                     let req = match req {
                         Ok(r) => r,
                         Err(fault) => {
@@ -124,6 +137,7 @@ async fn serve_conn<H: Handler>(
                 },
             }
         }
+        make_room(&mut buf);
         tokio::select! {
             n = rd.read_buf(&mut buf) => match n {
                 Ok(0) => break Ok(()),
@@ -143,11 +157,92 @@ fn frame_error(fault: FrameFault) -> Response {
     Response::Error(WireError::Frame { fault })
 }
 
+/// Before reading: when the buffer holds the header of a frame larger than the room left, make
+/// room for the whole frame now, so a large frame is read into place rather than moved each
+/// time the buffer would have doubled.
+fn make_room(buf: &mut BytesMut) {
+    if let Some(len) = frame::frame_len(buf) {
+        if len > buf.len() {
+            buf.reserve(len - buf.len());
+        }
+    }
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(64 * 1024);
+    }
+}
+
+/// Frames waiting for a socket: small ones (and the envelopes around payloads) coalesced into
+/// one buffer, payloads kept as their own segments, all written with vectored writes.
+#[derive(Default)]
+pub(crate) struct OutQueue {
+    parts: VecDeque<Bytes>,
+    small: BytesMut,
+    bytes: usize,
+}
+
+/// Most segments handed to one vectored write.
+const MAX_IOV: usize = 64;
+
+impl OutQueue {
+    pub(crate) fn push(&mut self, seg: Segments) {
+        for p in seg.parts {
+            self.bytes += p.len();
+            if p.len() < payload::SEGMENT_MIN {
+                self.small.extend_from_slice(&p);
+            } else {
+                if !self.small.is_empty() {
+                    self.parts.push_back(self.small.split().freeze());
+                }
+                self.parts.push_back(p);
+            }
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.bytes
+    }
+
+    pub(crate) async fn write_to<W: AsyncWriteExt + Unpin>(
+        &mut self,
+        wr: &mut W,
+    ) -> std::io::Result<()> {
+        if !self.small.is_empty() {
+            self.parts.push_back(self.small.split().freeze());
+        }
+        while !self.parts.is_empty() {
+            let n = {
+                let iov: Vec<IoSlice<'_>> = self
+                    .parts
+                    .iter()
+                    .take(MAX_IOV)
+                    .map(|p| IoSlice::new(p))
+                    .collect();
+                wr.write_vectored(&iov).await?
+            };
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            let mut left = n;
+            while left > 0 {
+                let front = self.parts.front_mut().expect("written bytes were queued");
+                let k = left.min(front.len());
+                front.advance(k);
+                left -= k;
+                if front.is_empty() {
+                    self.parts.pop_front();
+                }
+            }
+        }
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
 async fn write_responses(
     mut wr: tokio::net::tcp::OwnedWriteHalf,
     mut rx: mpsc::Receiver<(u64, Response)>,
 ) {
-    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut out = OutQueue::default();
     while let Some((id, resp)) = rx.recv().await {
         push_response(&mut out, id, &resp);
         while out.len() < 1 << 20 {
@@ -156,21 +251,25 @@ async fn write_responses(
                 Err(_) => break,
             }
         }
-        if wr.write_all(&out).await.is_err() {
+        if out.write_to(&mut wr).await.is_err() {
             return;
         }
-        out.clear();
     }
     let _ = wr.shutdown().await;
 }
 
-fn push_response(out: &mut BytesMut, id: u64, resp: &Response) {
-    if let Err(e) = frame::encode_response(out, id, resp) {
-        tracing::error!(error = %e, "response too large for a frame");
-        let err = Response::Error(WireError::Io {
-            detail: "response too large".into(),
-        });
-        frame::encode_response(out, id, &err).expect("small error response encodes");
+fn push_response(out: &mut OutQueue, id: u64, resp: &Response) {
+    match frame::encode_response_segments(id, resp) {
+        Ok(seg) => out.push(seg),
+        Err(e) => {
+            tracing::error!(error = %e, "response too large for a frame");
+            let err = Response::Error(WireError::Io {
+                detail: "response too large".into(),
+            });
+            let seg =
+                frame::encode_response_segments(id, &err).expect("small error response encodes");
+            out.push(seg);
+        }
     }
 }
 
@@ -314,10 +413,13 @@ async fn write_requests(
     pending: Pending,
     dead: Arc<AtomicBool>,
 ) {
-    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut out = OutQueue::default();
     while let Some((id, req)) = rx.recv().await {
-        let push = |out: &mut BytesMut, id: u64, req: &Request| {
-            if frame::encode_request(out, id, req).is_err() {
+        let push = |out: &mut OutQueue, id: u64, req: &Request| match frame::encode_request_segments(
+            id, req,
+        ) {
+            Ok(seg) => out.push(seg),
+            Err(_) => {
                 if let Some(tx) = pending.lock().expect("pending lock").remove(&id) {
                     let fault = FrameFault::TooLarge;
                     let _ = tx.send(Response::Error(WireError::Frame { fault }));
@@ -331,11 +433,10 @@ async fn write_requests(
                 Err(_) => break,
             }
         }
-        if wr.write_all(&out).await.is_err() {
+        if out.write_to(&mut wr).await.is_err() {
             fail_all(&pending, &dead);
             return;
         }
-        out.clear();
         if dead.load(Ordering::Acquire) {
             return;
         }
@@ -353,12 +454,19 @@ async fn read_responses(
             match frame::parse(&buf) {
                 Ok(Parsed::Incomplete) => break,
                 Ok(Parsed::Frame { header, body, len }) => {
-                    let resp = match frame::decode_response(body) {
+                    let resp = if body.len() >= payload::SEGMENT_MIN {
+                        let frame = buf.split_to(len).freeze();
+                        frame::decode_response_bytes(&frame.slice(frame::HEADER_LEN..))
+                    } else {
+                        let r = frame::decode_response(body);
+                        let _ = buf.split_to(len);
+                        r
+                    };
+                    let resp = match resp {
                         Ok(r) => r,
                         Err(fault) => Response::Error(WireError::Frame { fault }),
                     };
                     let id = header.id;
-                    let _ = buf.split_to(len);
                     if let Some(tx) = pending.lock().expect("pending lock").remove(&id) {
                         let _ = tx.send(resp);
                     }
@@ -370,6 +478,7 @@ async fn read_responses(
                 }
             }
         }
+        make_room(&mut buf);
         match rd.read_buf(&mut buf).await {
             Ok(0) | Err(_) => {
                 fail_all(&pending, &dead);
@@ -400,6 +509,11 @@ mod tests {
                         ..Default::default()
                     }))
                 }
+                // Send a write's payload back as read data: payloads both ways.
+                Request::Osd(crate::msg::OsdRequest::Mutate {
+                    op: crate::object::ObjOp::Write { data, .. },
+                    ..
+                }) => Response::Osd(crate::msg::OsdResponse::Data(data)),
                 _ => Response::Error(WireError::invalid("unsupported")),
             }
         }
@@ -411,6 +525,53 @@ mod tests {
         let (stx, srx) = watch::channel(false);
         tokio::spawn(serve(l, Arc::new(Echo), srx));
         (addr, stx)
+    }
+
+    /// Payloads of every size around the segment threshold and the buffer sizes, many in flight
+    /// on one connection, come back byte for byte and matched to their calls.
+    #[tokio::test]
+    async fn payloads_of_every_size_cross_both_ways_intact() {
+        use crate::msg::{OsdRequest, OsdResponse};
+        use crate::object::ObjOp;
+        let (addr, _stop) = start().await;
+        let c = Arc::new(RpcClient::new());
+        let sizes = [
+            0,
+            1,
+            4096,
+            payload::SEGMENT_MIN - 1,
+            payload::SEGMENT_MIN,
+            64 * 1024 + 7,
+            1 << 20,
+            (4 << 20) + 3,
+        ];
+        let mut calls = Vec::new();
+        for round in 0..4u8 {
+            for (i, &n) in sizes.iter().enumerate() {
+                let (c, addr) = (c.clone(), addr.clone());
+                let data: bytes::Bytes = (0..n)
+                    .map(|k| (k as u8) ^ round.wrapping_mul(31) ^ (i as u8))
+                    .collect::<Vec<u8>>()
+                    .into();
+                calls.push(tokio::spawn(async move {
+                    let req = Request::Osd(OsdRequest::Mutate {
+                        epoch: 1,
+                        pool: crate::ids::PoolId(1),
+                        oid: crate::ids::Oid(i as u128),
+                        op: ObjOp::Write {
+                            offset: 0,
+                            data: data.clone(),
+                        },
+                        fence: None,
+                    });
+                    let got = c.call(&addr, req, Duration::from_secs(20)).await.unwrap();
+                    assert_eq!(got, Response::Osd(OsdResponse::Data(data)), "size {n}");
+                }));
+            }
+        }
+        for t in calls {
+            t.await.unwrap();
+        }
     }
 
     #[tokio::test]
