@@ -466,13 +466,20 @@ impl SledStore {
                         .map_err(Error::io(&path))?;
                     for idx in at / CHUNK..end.div_ceil(CHUNK) {
                         let len = chunk_len(size, idx);
-                        let mut buf = vec![0u8; len as usize];
                         let cs = idx * CHUNK;
                         let (s, e) = (at.max(cs), end.min(cs + len));
-                        buf[(s - cs) as usize..(e - cs) as usize]
-                            .copy_from_slice(&data[(s - at) as usize..(e - at) as usize]);
+                        let new = &data[(s - at) as usize..(e - at) as usize];
+                        // A chunk the data covers whole is hashed where it lies; only a
+                        // partly covered one (zeros around it) is assembled first.
+                        let crc = if s == cs && e == cs + len {
+                            crc32fast::hash(new)
+                        } else {
+                            let mut buf = vec![0u8; len as usize];
+                            buf[(s - cs) as usize..(e - cs) as usize].copy_from_slice(new);
+                            crc32fast::hash(&buf)
+                        };
                         let rec = ChunkRec {
-                            crc: crc32fast::hash(&buf),
+                            crc,
                             len: len as u32,
                             flags: 0,
                         };
