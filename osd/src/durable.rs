@@ -170,6 +170,9 @@ fn run_committer(committer: Arc<Committer>, durable: std::sync::Weak<Durable>) {
         pending.sort_by_key(|j| j.seq);
         let top = pending.last().map_or(0, |j| j.seq);
         let durable_ok = d.journal.wait_durable(top).is_ok();
+        if durable_ok {
+            failpoint("journaled");
+        }
         // Apply in journal order every mutation whose turn has come; one whose group has an
         // earlier mutation not handed over yet waits for the next round.
         loop {
@@ -230,6 +233,24 @@ impl Lane {
     }
 }
 
+/// The PG log entry a superseded record would have left (see [`Durable::replay`]).
+fn superseded_entry(store: &dyn Store, rec: &Record) -> Result<Option<cairn_proto::msg::LogEntry>> {
+    Ok(match &rec.mutation {
+        Mutation::Apply { version, op, .. } => {
+            let prior = store.stat(rec.pg, rec.oid)?.map_or(0, |s| s.version);
+            Some(crate::store::log_entry(*version, rec.oid, op, prior))
+        }
+        Mutation::Placed { version, .. } => Some(cairn_proto::msg::LogEntry {
+            version: *version,
+            oid: rec.oid,
+            op: cairn_proto::msg::LogOp::Modify,
+            prior: 0,
+        }),
+        Mutation::Install { entry, .. } => entry.clone(),
+        Mutation::Remove => None,
+    })
+}
+
 /// bincode's options of `bincode::serialize`, the journal records' encoding since format 1.
 fn record_opts() -> impl bincode::Options + Copy {
     use bincode::Options;
@@ -250,6 +271,35 @@ fn stages_inline(m: &Mutation) -> bool {
             _ => false,
         },
         Mutation::Install { .. } | Mutation::Remove => false,
+        Mutation::Placed { .. } => true,
+    }
+}
+
+/// Whole-object writes of new objects at least this long are placed ([`Store::place`]): their
+/// data goes once, straight into the store, and only a small record into the journal.
+pub const PLACE_MIN: usize = 128 << 10;
+
+/// The data of a mutation that may be placed, if it is one.
+fn placeable(m: &Mutation) -> Option<(u64, i64, &bytes::Bytes)> {
+    match m {
+        Mutation::Apply {
+            version,
+            mtime,
+            op: ObjOp::WriteFull { data },
+        } if data.len() >= PLACE_MIN => Some((*version, *mtime, data)),
+        _ => None,
+    }
+}
+
+/// Test hooks for the crash tests: `CAIRN_FAILPOINT=NAME` makes the process abort when it
+/// reaches the point `NAME`, as a kill -9 there would (`placed`: a placed write's data is
+/// durable and its record not written; `journaled`: a record is durable and not applied).
+fn failpoint(name: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| std::env::var("CAIRN_FAILPOINT").ok());
+    if at.as_deref() == Some(name) {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
     }
 }
 
@@ -331,13 +381,39 @@ impl Durable {
     }
 
     /// Replay the journal into the store, then sync and trim. Returns the records replayed.
+    ///
+    /// A record of an object that a later placed write ([`Mutation::Placed`]) of the same object
+    /// supersedes is not applied, only logged: replaying it could destroy the placed data,
+    /// which lives in the store and not in the journal (a delete before the placement would
+    /// remove the data file the placement wrote later; a truncate would cut it). The placed
+    /// record then replaces whatever the store holds of the object, so the object ends as it
+    /// was when the crash came, as with every other record.
     pub fn replay(store: &dyn Store, journal: &dyn Journal) -> Result<u64> {
+        let decode = |seq: u64, payload: &[u8]| -> Result<Record> {
+            bincode::deserialize(payload).map_err(|_| Error::JournalCorrupt { offset: seq })
+        };
+        let mut last_placed: HashMap<(PgId, Oid), u64> = HashMap::new();
+        journal.replay(&mut |seq, payload| {
+            let rec = decode(seq, payload)?;
+            if matches!(rec.mutation, Mutation::Placed { .. }) {
+                last_placed.insert((rec.pg, rec.oid), seq);
+            }
+            Ok(())
+        })?;
         let mut n = 0;
         store.set_replaying(true);
         let r = journal.replay(&mut |seq, payload| {
-            let rec: Record =
-                bincode::deserialize(payload).map_err(|_| Error::JournalCorrupt { offset: seq })?;
-            rec.mutation.apply_to(store, rec.pg, rec.oid)?;
+            let rec = decode(seq, payload)?;
+            if last_placed
+                .get(&(rec.pg, rec.oid))
+                .is_some_and(|&placed| placed > seq)
+            {
+                if let Some(entry) = superseded_entry(store, &rec)? {
+                    store.log_only(rec.pg, &entry)?;
+                }
+            } else {
+                rec.mutation.apply_to(store, rec.pg, rec.oid)?;
+            }
             n += 1;
             Ok(())
         });
@@ -358,10 +434,18 @@ impl Durable {
     /// group's lane; [`Durable::finish`] makes it durable and applies it after the ones staged
     /// before it. Callers stage one group's mutations one at a time (under the group's order
     /// lock) and may then finish many at once: their records share fdatasyncs.
+    ///
+    /// A whole-object write of at least [`PLACE_MIN`] bytes to an object that does not exist
+    /// (and has no mutation in flight) is placed first: its data written durably into the
+    /// store, its record a [`Mutation::Placed`] without the data. Callers' one-at-a-time
+    /// staging per group is what makes "does not exist" still true when the record is written.
     pub async fn stage(self: &Arc<Self>, pg: PgId, oid: Oid, mutation: Mutation) -> Result<Staged> {
         let mut mutation = mutation;
         let mut rounds = 0;
         let lane = self.lane(pg);
+        if let Some(placed) = self.try_place(&lane, pg, oid, &mutation).await? {
+            mutation = placed;
+        }
         loop {
             let shared = self.gate.clone().read_owned().await;
             if self.failed() {
@@ -412,6 +496,39 @@ impl Durable {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Place the data of `mutation` if it is a placeable write of a new object; the
+    /// [`Mutation::Placed`] to journal instead, or `None` to journal it whole.
+    async fn try_place(
+        self: &Arc<Self>,
+        lane: &Lane,
+        pg: PgId,
+        oid: Oid,
+        mutation: &Mutation,
+    ) -> Result<Option<Mutation>> {
+        let Some((version, mtime, data)) = placeable(mutation) else {
+            return Ok(None);
+        };
+        if self.failed() || lane.state().objects.contains_key(&oid) {
+            return Ok(None);
+        }
+        // Refuse what the record would refuse before writing anything.
+        if self.check_space(pg, oid, mutation)?.is_some() {
+            return Ok(None);
+        }
+        let (me, data) = (self.clone(), data.clone());
+        let placed = tokio::task::spawn_blocking(move || me.store.place(pg, oid, &data))
+            .await
+            .map_err(|_| Error::ShuttingDown)??;
+        Ok(placed.map(|placed| {
+            failpoint("placed");
+            Mutation::Placed {
+                version,
+                mtime,
+                placed,
+            }
+        }))
     }
 
     /// Wait until a staged mutation's record is durable and every mutation staged before it in
@@ -589,13 +706,16 @@ impl Durable {
         let seq = self.journal.submit_parts(&parts.parts)?;
         st.next_ticket += 1;
         let ticket = st.next_ticket;
-        if let Mutation::Apply { version, op, .. } = mutation {
-            st.top_version = st.top_version.max(*version);
-            let after = if matches!(op, cairn_proto::ObjOp::Delete) {
-                0
-            } else {
-                *version
-            };
+        let ordered = match mutation {
+            Mutation::Apply { version, op, .. } => {
+                Some((*version, matches!(op, cairn_proto::ObjOp::Delete)))
+            }
+            Mutation::Placed { version, .. } => Some((*version, false)),
+            Mutation::Install { .. } | Mutation::Remove => None,
+        };
+        if let Some((version, delete)) = ordered {
+            st.top_version = st.top_version.max(version);
+            let after = if delete { 0 } else { version };
             st.objects.insert(oid, (ticket, after));
         } else {
             // Recovery installs and removals run with the group quiet; what they leave is read
@@ -834,5 +954,159 @@ mod tests {
             cairn_proto::WireError::Invalid { .. }
         ));
         assert_eq!(store.pg_info(pg()).unwrap().last_update, 160);
+    }
+
+    fn pattern(len: usize, seed: u8) -> Bytes {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect::<Vec<_>>()
+            .into()
+    }
+
+    fn op(v: u64, op: ObjOp) -> Mutation {
+        Mutation::Apply {
+            version: v,
+            op,
+            mtime: 0,
+        }
+    }
+
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    /// Large whole-object writes of new objects are placed (their data is not in the journal),
+    /// and the journal replays to the same objects whatever part of the store's metadata
+    /// reached the disk: all of it (the store as the writes left it) or none (a store with
+    /// only the data files). The sequence deletes a placed object, places it again and
+    /// truncates it: replaying the delete naively would remove the second placement's data.
+    #[tokio::test]
+    async fn placed_writes_replay_to_the_same_objects_whatever_the_store_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (pattern(200 << 10, 1), pattern(300 << 10, 2));
+        let (x, y, z) = (Oid(1), Oid(2), Oid(3));
+        {
+            let store = Arc::new(
+                SledStore::open(&dir.path().join("store"), StoreOptions::default()).unwrap(),
+            );
+            let j: Arc<dyn Journal> =
+                Arc::new(FileJournal::open(&dir.path().join("journal")).unwrap());
+            let d = Arc::new(Durable::new(store.clone(), j.clone(), 0, 0));
+            let steps = vec![
+                (x, op(1, ObjOp::WriteFull { data: a.clone() })),
+                (
+                    x,
+                    op(
+                        2,
+                        ObjOp::Write {
+                            offset: 10,
+                            data: Bytes::from_static(b"hello"),
+                        },
+                    ),
+                ),
+                (y, op(3, ObjOp::WriteFull { data: a.clone() })),
+                (x, op(4, ObjOp::Delete)),
+                (x, op(5, ObjOp::WriteFull { data: b.clone() })),
+                (x, op(6, ObjOp::Truncate { size: 250 << 10 })),
+                (z, op(7, ObjOp::WriteFull { data: b.clone() })),
+                // An existing object's whole write is journaled whole, not placed.
+                (y, op(8, ObjOp::WriteFull { data: b.clone() })),
+            ];
+            let journal_before = j.len_bytes();
+            for (oid, m) in steps {
+                d.commit(pg(), oid, m).await.unwrap();
+            }
+            // Three of the four large writes left their data out of the journal.
+            assert!(j.len_bytes() - journal_before < (300 << 10) + (200 << 10));
+            assert_eq!(
+                d.checkpoints(),
+                0,
+                "the journal must still hold every record"
+            );
+        }
+        let want = |store: &dyn Store| {
+            let mut x_want = b.to_vec();
+            x_want.truncate(250 << 10);
+            assert_eq!(store.read(pg(), x, 0, 1 << 20).unwrap(), x_want);
+            assert_eq!(store.read(pg(), y, 0, 1 << 20).unwrap(), b);
+            assert_eq!(store.read(pg(), z, 0, 1 << 20).unwrap(), b);
+            for o in [x, y, z] {
+                store.verify(pg(), o).unwrap();
+            }
+            assert_eq!(store.stat(pg(), x).unwrap().unwrap().version, 6);
+            assert_eq!(store.pg_info(pg()).unwrap().last_update, 8);
+        };
+        // Everything reached the disk (the store was dropped, which flushes sled).
+        let full = dir.path().join("full");
+        copy_dir(&dir.path().join("store"), &full);
+        // Only the data files reached the disk: the metadata is as the last checkpoint left it
+        // (empty).
+        let bare = dir.path().join("bare");
+        copy_dir(&dir.path().join("store/objects"), &bare.join("objects"));
+        for root in [full, bare] {
+            let store = SledStore::open(&root, StoreOptions::default()).unwrap();
+            let j = FileJournal::open(&dir.path().join("journal")).unwrap();
+            let jcopy = dir.path().join("journal.copy");
+            std::fs::copy(dir.path().join("journal"), &jcopy).unwrap();
+            let j2 = FileJournal::open(&jcopy).unwrap();
+            drop(j);
+            assert_eq!(Durable::replay(&store, &j2).unwrap(), 8);
+            want(&store);
+            std::fs::remove_file(&jcopy).unwrap();
+        }
+    }
+
+    /// A crash between a placement and its record leaves no object (the write was never
+    /// acknowledged), and a crash between the record's sync and its apply leaves the whole
+    /// object after the replay; either way the next placement of the object works.
+    #[tokio::test]
+    async fn a_crash_at_either_step_of_a_placement_leaves_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (pattern(256 << 10, 7), pattern(640 << 10, 9));
+        let spath = dir.path().join("store");
+        let jpath = dir.path().join("journal");
+        {
+            let store = SledStore::open(&spath, StoreOptions::default()).unwrap();
+            let j = FileJournal::open(&jpath).unwrap();
+            // Data placed, record not written.
+            store.place(pg(), Oid(1), &a).unwrap().unwrap();
+            // Data placed and its record durable, not applied.
+            let placed = store.place(pg(), Oid(2), &b).unwrap().unwrap();
+            let rec = Record {
+                pg: pg(),
+                oid: Oid(2),
+                mutation: Mutation::Placed {
+                    version: 1,
+                    mtime: 5,
+                    placed,
+                },
+            };
+            j.append(&bincode::serialize(&rec).unwrap()).unwrap();
+        }
+        let store: Arc<dyn Store> =
+            Arc::new(SledStore::open(&spath, StoreOptions::default()).unwrap());
+        let j: Arc<dyn Journal> = Arc::new(FileJournal::open(&jpath).unwrap());
+        assert_eq!(Durable::replay(store.as_ref(), j.as_ref()).unwrap(), 1);
+        assert!(store.stat(pg(), Oid(1)).unwrap().is_none());
+        assert_eq!(store.read(pg(), Oid(2), 0, 1 << 20).unwrap(), b);
+        store.verify(pg(), Oid(2)).unwrap();
+        let st = store.stat(pg(), Oid(2)).unwrap().unwrap();
+        assert_eq!((st.version, st.mtime, st.size), (1, 5, b.len() as u64));
+        assert_eq!(store.list(pg(), None, 10).unwrap().0.len(), 1);
+        // The object whose record never landed is placed again over the leftover file.
+        let d = Arc::new(Durable::new(store.clone(), j, 0, 0));
+        d.commit(pg(), Oid(1), op(2, ObjOp::WriteFull { data: b.clone() }))
+            .await
+            .unwrap();
+        assert_eq!(store.read(pg(), Oid(1), 0, 1 << 20).unwrap(), b);
+        store.verify(pg(), Oid(1)).unwrap();
     }
 }

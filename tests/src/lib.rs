@@ -82,6 +82,8 @@ pub struct Daemon {
     args: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
+    /// Extra environment for the next starts (e.g. `CAIRN_FAILPOINT`).
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -91,6 +93,7 @@ impl Daemon {
             args,
             log: log_dir.join(format!("{name}.log")),
             child: None,
+            env: Vec::new(),
         };
         d.start()?;
         Ok(d)
@@ -110,6 +113,7 @@ impl Daemon {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -117,6 +121,31 @@ impl Daemon {
             .with_context(|| format!("spawn {}", self.name))?;
         self.child = Some(child);
         Ok(())
+    }
+
+    /// Set (or with `None` remove) an environment variable for the daemon's next starts.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.into(), v.into()));
+        }
+    }
+
+    /// Wait (at most `limit`) for the process to end by itself; true if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(c) = &mut self.child {
+                if let Ok(Some(_)) = c.try_wait() {
+                    self.child = None;
+                    return true;
+                }
+            } else {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     /// SIGKILL and reap.

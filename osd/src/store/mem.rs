@@ -3,12 +3,12 @@
 //! the two checks the sled store's index scans.
 
 use super::{
-    activated_info, advance_info, check_typed, chunk_count, chunk_len, digest, log_entry, Store,
-    StoreOptions, CHUNK,
+    activated_info, advance_info, check_typed, chunk_count, chunk_len, digest, log_entry, Placed,
+    Store, StoreOptions, CHUNK,
 };
 use crate::error::{Error, Result};
 use bytes::Bytes;
-use cairn_proto::msg::{LogEntry, ObjectPiece, PgInfo, ScanItem};
+use cairn_proto::msg::{LogEntry, LogOp, ObjectPiece, PgInfo, ScanItem};
 use cairn_proto::object::QueryHit;
 use cairn_proto::{Filter, ObjOp, ObjectStat, Oid, PgId};
 use std::collections::BTreeMap;
@@ -26,6 +26,8 @@ struct Inner {
     objects: BTreeMap<(PgId, Oid), Obj>,
     logs: BTreeMap<(PgId, u64), LogEntry>,
     infos: BTreeMap<PgId, PgInfo>,
+    /// Data placed for objects not made yet ([`Store::place`]).
+    placed: BTreeMap<(PgId, Oid), Vec<u8>>,
 }
 
 /// See the module doc.
@@ -119,6 +121,54 @@ impl Store for MemStore {
         }
         g.record(pg, log_entry(version, oid, op, prior), self.opts.log_keep);
         Ok(prior)
+    }
+
+    fn place(&self, pg: PgId, oid: Oid, data: &[u8]) -> Result<Option<Placed>> {
+        self.lock().placed.insert((pg, oid), data.to_vec());
+        Ok(Some(Placed::of(data)))
+    }
+
+    fn apply_placed(
+        &self,
+        pg: PgId,
+        version: u64,
+        oid: Oid,
+        placed: &Placed,
+        mtime: i64,
+    ) -> Result<u64> {
+        let mut g = self.lock();
+        let data = g
+            .placed
+            .remove(&(pg, oid))
+            .filter(|d| Placed::of(d) == *placed)
+            .ok_or_else(|| Error::invalid("no placed data for this object"))?;
+        let prior = g.objects.get(&(pg, oid)).map_or(0, |o| o.stat.version);
+        g.objects.insert(
+            (pg, oid),
+            Obj {
+                stat: ObjectStat {
+                    oid,
+                    size: data.len() as u64,
+                    version,
+                    mtime,
+                    ..Default::default()
+                },
+                data,
+            },
+        );
+        let entry = LogEntry {
+            version,
+            oid,
+            op: LogOp::Modify,
+            prior,
+        };
+        g.record(pg, entry, self.opts.log_keep);
+        Ok(prior)
+    }
+
+    fn log_only(&self, pg: PgId, entry: &LogEntry) -> Result<()> {
+        self.lock().record(pg, entry.clone(), self.opts.log_keep);
+        Ok(())
     }
 
     fn install(

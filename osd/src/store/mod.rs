@@ -67,6 +67,31 @@ pub enum Mutation {
     },
     /// Drop this copy (recovery found the object absent at the source).
     Remove,
+    /// A client's whole-object write of a new object whose data [`Store::place`] already wrote
+    /// to its final place (durably, before this record): the record carries only what makes
+    /// the data the object. Variant added in place of nothing: older journals decode as before.
+    Placed {
+        version: u64,
+        mtime: i64,
+        placed: Placed,
+    },
+}
+
+/// What [`Store::place`] wrote: the object's size and the crc32 of each chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placed {
+    pub size: u64,
+    pub crcs: Vec<u32>,
+}
+
+impl Placed {
+    /// The size and chunk checksums of `data`.
+    pub fn of(data: &[u8]) -> Placed {
+        Placed {
+            size: data.len() as u64,
+            crcs: data.chunks(CHUNK as usize).map(crc32fast::hash).collect(),
+        }
+    }
 }
 
 impl Mutation {
@@ -81,6 +106,13 @@ impl Mutation {
                 entry,
             } => store.install(pg, oid, piece, *first, entry.as_ref()),
             Mutation::Remove => store.remove(pg, oid),
+            Mutation::Placed {
+                version,
+                mtime,
+                placed,
+            } => store
+                .apply_placed(pg, *version, oid, placed, *mtime)
+                .map(|_| ()),
         }
     }
 
@@ -107,6 +139,7 @@ impl Mutation {
                 }
             }
             Mutation::Remove => 0,
+            Mutation::Placed { placed, .. } => placed.size.saturating_sub(current_size),
         }
     }
 }
@@ -133,6 +166,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// Remove the local copy of an object without logging (recovery).
     fn remove(&self, pg: PgId, oid: Oid) -> Result<()>;
+
+    /// Write the data of a new object (one that does not exist and has no mutation in flight)
+    /// straight to the place it will live in, durably, before the small journal record
+    /// ([`Mutation::Placed`]) that makes it the object: the data is written once, not into the
+    /// journal and again into the store. Until [`Store::apply_placed`] the object does not
+    /// exist; data placed for a record that never became durable is overwritten by the next
+    /// placement of the same object. `None`: this store does not place data (the write is
+    /// journaled whole).
+    fn place(&self, pg: PgId, oid: Oid, data: &[u8]) -> Result<Option<Placed>>;
+
+    /// Make placed data the object `oid`, ordered as `version` of `pg`, and log it. Whatever the
+    /// store holds of `oid` is replaced (only a replay can find one: a later state of the
+    /// object), except the placed data itself. Returns the version replaced (0: none).
+    fn apply_placed(
+        &self,
+        pg: PgId,
+        version: u64,
+        oid: Oid,
+        placed: &Placed,
+        mtime: i64,
+    ) -> Result<u64>;
+
+    /// Record a PG log entry without applying anything: a replayed mutation superseded by a
+    /// later placed write of the same object (see [`crate::durable::Durable::replay`]).
+    fn log_only(&self, pg: PgId, entry: &LogEntry) -> Result<()>;
 
     /// Read up to `len` bytes at `offset`, shorter at the end of the object; every chunk is
     /// checked against its checksum ([`Error::Corrupt`]).
