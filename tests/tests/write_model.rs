@@ -785,7 +785,7 @@ async fn scenario(c: &mut ProcCluster, fault: Fault, seed: u64) -> Result<()> {
     // the run exercised what it claims to.
     ensure!(exact > 0, "no write stood alone to read back exactly");
     ensure!(
-        acked as u64 >= PHASE_ACKS * if fault == Fault::None { 2 } else { 4 },
+        acked as u64 >= PHASE_ACKS * if fault == Fault::None { 2 } else { 3 },
         "only {acked} writes acknowledged"
     );
     let newest: Vec<Option<u64>> = (0..OBJECTS)
