@@ -29,7 +29,7 @@ use bytes::Bytes;
 use cairn_client::{PoolIo, PoolSpec};
 use cairn_proto::msg::{OsdRequest, OsdResponse, PeerRequest, PeerResponse};
 use cairn_proto::{ObjOp, Oid, PgId, PgState};
-use cairn_tests::{bounded_async, serial, ClusterOpts, ProcCluster};
+use cairn_tests::{bounded_async, send_signal, serial, ClusterOpts, ProcCluster};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -630,6 +630,42 @@ enum Fault {
     None,
     Replica,
     Primary,
+    /// Both replicas stopped (SIGSTOP) for a moment and the primary killed meanwhile: every
+    /// write in flight then lives on the primary alone, so one acknowledged before the replicas
+    /// had it durably would be lost (a kill alone hardly ever finds that gap on loopback).
+    PrimaryWhileReplicasPause,
+}
+
+/// Stop both replicas, kill -9 the primary (`osds[primary]`) while they are stopped, let them go
+/// on. The pause is shorter than the OSDs' peer timeout and the map's down timeout, so neither
+/// the primary nor the metadata service gives up on the replicas before the kill.
+async fn kill_primary_while_replicas_pause(
+    c: &mut ProcCluster,
+    map: &cairn_proto::ClusterMap,
+    set: &[cairn_proto::OsdId],
+    primary: usize,
+    sh: &Shared,
+) -> Result<()> {
+    let mut pids = Vec::new();
+    for id in &set[1..] {
+        let i = c
+            .osd_index(map, *id)
+            .context("replica not in the cluster")?;
+        pids.push(c.osds[i].pid().context("replica not running")?);
+    }
+    for pid in &pids {
+        send_signal(*pid, libc::SIGSTOP);
+    }
+    let before = sh.acked.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.osds[primary].kill9();
+    let during = sh.acked.load(Ordering::SeqCst) - before;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for pid in &pids {
+        send_signal(*pid, libc::SIGCONT);
+    }
+    eprintln!("{during} writes acknowledged while both replicas were stopped");
+    Ok(())
 }
 
 /// Wait until the writers have `n` acknowledgements in all (bounded).
@@ -719,16 +755,21 @@ async fn scenario(c: &mut ProcCluster, fault: Fault, seed: u64) -> Result<()> {
     if fault != Fault::None {
         let map = cl.refresh_map().await?;
         let set = map.pg_up(pg);
+        ensure!(set.len() == 3, "{pg} has {set:?} up");
         let id = match fault {
-            Fault::Primary => set[0],
-            _ => set[1],
+            Fault::Replica => set[1],
+            _ => set[0],
         };
         let i = c.osd_index(&map, id).context("victim not in the cluster")?;
         eprintln!(
             "killing osd.{i} ({id}, {fault:?} of {pg}) after {} acknowledgements",
             sh.acked.load(Ordering::SeqCst)
         );
-        c.osds[i].kill9();
+        if fault == Fault::PrimaryWhileReplicasPause {
+            kill_primary_while_replicas_pause(c, &map, &set, i, &sh).await?;
+        } else {
+            c.osds[i].kill9();
+        }
         victim = Some(i);
         // Writes go on once the map has marked it down.
         let n = sh.acked.load(Ordering::SeqCst) + PHASE_ACKS;
@@ -834,6 +875,12 @@ async fn replica_kill9_mid_stream_keeps_the_model() {
 async fn primary_kill9_mid_stream_keeps_the_model() {
     let _one = serial();
     bounded_async(200, run(Fault::Primary)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn primary_kill9_while_its_replicas_pause_keeps_the_model() {
+    let _one = serial();
+    bounded_async(200, run(Fault::PrimaryWhileReplicasPause)).await;
 }
 
 /// The checks above must be able to fail: a lost acknowledged write, a stale read, a garbage
