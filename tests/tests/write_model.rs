@@ -634,6 +634,10 @@ enum Fault {
     /// write in flight then lives on the primary alone, so one acknowledged before the replicas
     /// had it durably would be lost (a kill alone hardly ever finds that gap on loopback).
     PrimaryWhileReplicasPause,
+    /// A replica killed -9 and started again at once, before the map can mark it down.
+    ReplicaBackAtOnce,
+    /// The same for the primary: it comes back as the primary of a map that never changed.
+    PrimaryBackAtOnce,
 }
 
 /// Stop both replicas, kill -9 the primary (`osds[primary]`) while they are stopped, let them go
@@ -757,7 +761,7 @@ async fn scenario(c: &mut ProcCluster, fault: Fault, seed: u64) -> Result<()> {
         let set = map.pg_up(pg);
         ensure!(set.len() == 3, "{pg} has {set:?} up");
         let id = match fault {
-            Fault::Replica => set[1],
+            Fault::Replica | Fault::ReplicaBackAtOnce => set[1],
             _ => set[0],
         };
         let i = c.osd_index(&map, id).context("victim not in the cluster")?;
@@ -771,9 +775,13 @@ async fn scenario(c: &mut ProcCluster, fault: Fault, seed: u64) -> Result<()> {
             c.osds[i].kill9();
         }
         victim = Some(i);
-        // Writes go on once the map has marked it down.
-        let n = sh.acked.load(Ordering::SeqCst) + PHASE_ACKS;
-        wait_acks(&sh, n, Duration::from_secs(45), "with the OSD dead").await?;
+        if matches!(fault, Fault::ReplicaBackAtOnce | Fault::PrimaryBackAtOnce) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        } else {
+            // Writes go on once the map has marked it down.
+            let n = sh.acked.load(Ordering::SeqCst) + PHASE_ACKS;
+            wait_acks(&sh, n, Duration::from_secs(45), "with the OSD dead").await?;
+        }
         c.osds[i].start()?;
         c.wait_map(Duration::from_secs(45), |m| m.osds.values().all(|o| o.up))
             .await?;
@@ -826,7 +834,12 @@ async fn scenario(c: &mut ProcCluster, fault: Fault, seed: u64) -> Result<()> {
     // the run exercised what it claims to.
     ensure!(exact > 0, "no write stood alone to read back exactly");
     ensure!(
-        acked as u64 >= PHASE_ACKS * if fault == Fault::None { 2 } else { 3 },
+        acked as u64
+            >= PHASE_ACKS
+                * match fault {
+                    Fault::None | Fault::ReplicaBackAtOnce | Fault::PrimaryBackAtOnce => 2,
+                    _ => 3,
+                },
         "only {acked} writes acknowledged"
     );
     let newest: Vec<Option<u64>> = (0..OBJECTS)
@@ -859,28 +872,46 @@ async fn scenario(c: &mut ProcCluster, fault: Fault, seed: u64) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_writers_to_one_pg_match_the_model() {
+/// One scenario on its own cluster, one at a time in this binary (each starts seven processes),
+/// on a runtime built here so the serialising guard is not held across an await.
+fn one(fault: Fault, secs: u64) {
     let _one = serial();
-    bounded_async(150, run(Fault::None)).await;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(bounded_async(secs, run(fault)));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replica_kill9_mid_stream_keeps_the_model() {
-    let _one = serial();
-    bounded_async(200, run(Fault::Replica)).await;
+#[test]
+fn concurrent_writers_to_one_pg_match_the_model() {
+    one(Fault::None, 150);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn primary_kill9_mid_stream_keeps_the_model() {
-    let _one = serial();
-    bounded_async(200, run(Fault::Primary)).await;
+#[test]
+fn replica_kill9_mid_stream_keeps_the_model() {
+    one(Fault::Replica, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn primary_kill9_while_its_replicas_pause_keeps_the_model() {
-    let _one = serial();
-    bounded_async(200, run(Fault::PrimaryWhileReplicasPause)).await;
+#[test]
+fn primary_kill9_mid_stream_keeps_the_model() {
+    one(Fault::Primary, 200);
+}
+
+#[test]
+fn primary_kill9_while_its_replicas_pause_keeps_the_model() {
+    one(Fault::PrimaryWhileReplicasPause, 200);
+}
+
+#[test]
+fn replica_kill9_and_back_at_once_keeps_the_model() {
+    one(Fault::ReplicaBackAtOnce, 200);
+}
+
+#[test]
+fn primary_kill9_and_back_at_once_keeps_the_model() {
+    one(Fault::PrimaryBackAtOnce, 200);
 }
 
 /// The checks above must be able to fail: a lost acknowledged write, a stale read, a garbage
