@@ -1,6 +1,8 @@
 //! Many concurrent writers to one object and to one placement group of a size-3 pool, on a
 //! multi-process cluster, checked against a model (issue 12): with every OSD up, with a replica
-//! killed -9 mid-stream, and with the group's primary killed -9 mid-stream.
+//! killed -9 mid-stream, and with the group's primary killed -9 mid-stream (each restarted once
+//! writes go on without it); then the primary killed while both replicas are stopped, and a
+//! replica or the primary killed and started again before the map can mark it down.
 //!
 //! Twelve writer tasks write overlapping ranges of three objects of one placement group through
 //! the cluster client. Objects are 8-byte cells; a write stamps each cell it covers with its own
@@ -23,6 +25,10 @@
 //!   it that was not acknowledged before it was sent reads back exactly;
 //! - the three OSDs' copies (read from each OSD with the recovery protocol's `Pull`, and the
 //!   group's `PgScan`) are identical: same objects, versions and bytes.
+//!
+//! Every write must succeed: the client retries through one OSD's failure. A failing run names
+//! its seed (`WRITE_MODEL_SEED` repeats the writers' choices, not the timing) and copies the
+//! daemons' logs out of the cluster's directory before it goes.
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
