@@ -7,7 +7,8 @@
 
 use anyhow::{bail, Context, Result};
 use cairn_client::Cluster;
-use cairn_proto::ClusterMap;
+use cairn_proto::msg::{OsdRequest, OsdResponse, Request, Response};
+use cairn_proto::{ClusterMap, OsdId};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -332,6 +333,30 @@ impl ProcCluster {
 
     pub async fn client(&self) -> Result<Cluster> {
         Ok(Cluster::connect(self.meta_addrs.clone()).await?)
+    }
+
+    /// Index in `osds` of the OSD that `map` calls `id` (matched by address: the map's ids are
+    /// given out by the metadata service in boot order, which need not be the order of `osds`).
+    pub fn osd_index(&self, map: &ClusterMap, id: OsdId) -> Option<usize> {
+        let addr = map.osd_addr(id)?;
+        self.osd_addrs.iter().position(|a| a == addr)
+    }
+
+    /// One request to the OSD at index `i` of `osds`, with no retry: how a test asks a given
+    /// OSD (a replica, not the primary the client would pick) about its own copy.
+    pub async fn osd_call(&self, i: usize, req: OsdRequest) -> Result<OsdResponse> {
+        let rpc = cairn_proto::rpc::RpcClient::new();
+        match rpc
+            .call(
+                &self.osd_addrs[i],
+                Request::Osd(req),
+                Duration::from_secs(10),
+            )
+            .await?
+        {
+            Response::Osd(r) => Ok(r),
+            other => bail!("osd.{i} answered {other:?}"),
+        }
     }
 
     /// Poll the map until `cond` holds.
