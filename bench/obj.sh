@@ -30,7 +30,9 @@ OPORT=$((MPORT + 1000))
 $BIN server --data "$DIR/cluster" --meta-port $MPORT --osd-port $OPORT --iscsi-port $((MPORT + 500)) --nfs-port 0 \
     ${CAIRN_SERVER_ARGS:-} >"$DIR/server.log" 2>&1 &
 PID=$!
-trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null || true' EXIT
+# The cluster's data (gigabytes after the 1 MiB phases) goes with the run, and so does the
+# whole directory (fio's files too) when the script made it.
+trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null || true; rm -rf "$DIR/cluster"; [[ -n ${2:-} ]] || rm -rf "$DIR"' EXIT
 for _ in $(seq 1 100); do
     grep -q "Ctrl-C stops" "$DIR/server.log" && break
     kill -0 $PID 2>/dev/null || { cat "$DIR/server.log"; exit 1; }

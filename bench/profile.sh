@@ -35,7 +35,8 @@ OPORT=$((MPORT + 1000))
 "$BIN" server --data "$DIR/cluster" --meta-port $MPORT --osd-port $OPORT --iscsi-port $((MPORT + 500)) --nfs-port 0 \
     >"$DIR/server.log" 2>&1 &
 SPID=$!
-trap 'kill $SPID 2>/dev/null; wait $SPID 2>/dev/null || true' EXIT
+# perf.data files stay; the cluster's data (gigabytes) goes with the run.
+trap 'kill $SPID 2>/dev/null; wait $SPID 2>/dev/null || true; rm -rf "$DIR/cluster"' EXIT
 for _ in $(seq 1 100); do
     grep -q "Ctrl-C stops" "$DIR/server.log" && break
     kill -0 $SPID 2>/dev/null || { cat "$DIR/server.log"; exit 1; }

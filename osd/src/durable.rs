@@ -1,6 +1,12 @@
 //! The write path to the disk: journal the mutation (durable), apply it to the store (not
 //! synced), and now and then checkpoint: pause writers, sync the store, trim the journal.
 //!
+//! [`Durable::stage`] writes a mutation's record (not yet synced) and takes its turn in its
+//! placement group's lane; [`Durable::finish`] hands it to the committer thread, which makes
+//! records durable a batch at a time and applies each mutation in its group's journal order.
+//! A large whole-object write of a new object is *placed* first (its data written durably into
+//! the store, only a small record journaled; see [`Store::place`] and [`Durable::replay`]).
+//!
 //! A bounded journal (an nvdisk ring) that is full does not fail the write: the writer forces a
 //! checkpoint, which empties the journal, and appends again.
 //!

@@ -108,7 +108,13 @@ async fn osd_kill9_during_writes_loses_no_acknowledged_write() {
                 let mut n = 0u128;
                 while !stop.load(Ordering::Relaxed) {
                     let oid = Oid((w << 64) | n);
-                    let data = Bytes::from(format!("writer {w} object {n} ").repeat(50));
+                    // Every fourth object is large enough to be placed (its data written
+                    // straight into the store, only a small record journaled).
+                    let data = if n % 4 == 0 {
+                        Bytes::from(format!("writer {w} object {n} ").repeat(8000))
+                    } else {
+                        Bytes::from(format!("writer {w} object {n} ").repeat(50))
+                    };
                     io.write_full(oid, data.clone()).await?;
                     acked.lock().unwrap().push((oid, data));
                     n += 1;
