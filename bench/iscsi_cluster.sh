@@ -26,7 +26,7 @@ BIN=${CAIRN_BIN:-$CARGO_TARGET_DIR/release/cairn}
 WBENCH=$CARGO_TARGET_DIR/release/examples/iscsi_write_bench
 MPORT=27400; OPORT=27500; IPORT=23270; TPORT=23271
 rm -rf "$WD/cluster"; mkdir -p "$WD"
-"$BIN" server --data "$WD/cluster" --meta-port $MPORT --osd-port $OPORT --iscsi-port $IPORT --nfs-port 0 > "$WD/server.log" 2>&1 &
+"$BIN" server --data "$WD/cluster" --meta-port $MPORT --osd-port $OPORT --iscsi-port $IPORT --nfs-port 0 --s3-port 0 > "$WD/server.log" 2>&1 &
 SPID=$!
 TURL=$("$PEERS/tgt.sh" start $TPORT "$SIZE" "$WD/tgt" | tail -1)
 cleanup() { kill -INT $SPID 2>/dev/null || true; wait $SPID 2>/dev/null || true; "$PEERS/tgt.sh" stop $TPORT "$SIZE" "$WD/tgt" || true; }

@@ -27,7 +27,7 @@ fi
 MPORT=$((17000 + RANDOM % 1000))
 OPORT=$((MPORT + 1000))
 # shellcheck disable=SC2086 # CAIRN_SERVER_ARGS is split into flags on purpose
-$BIN server --data "$DIR/cluster" --meta-port $MPORT --osd-port $OPORT --iscsi-port $((MPORT + 500)) --nfs-port 0 \
+$BIN server --data "$DIR/cluster" --meta-port $MPORT --osd-port $OPORT --iscsi-port $((MPORT + 500)) --nfs-port 0 --s3-port 0 \
     ${CAIRN_SERVER_ARGS:-} >"$DIR/server.log" 2>&1 &
 PID=$!
 # The cluster's data (gigabytes after the 1 MiB phases) goes with the run, and so does the

@@ -32,7 +32,7 @@ fi
 mkdir -p "$DIR"
 MPORT=$((18000 + RANDOM % 1000))
 OPORT=$((MPORT + 1000))
-"$BIN" server --data "$DIR/cluster" --meta-port $MPORT --osd-port $OPORT --iscsi-port $((MPORT + 500)) --nfs-port 0 \
+"$BIN" server --data "$DIR/cluster" --meta-port $MPORT --osd-port $OPORT --iscsi-port $((MPORT + 500)) --nfs-port 0 --s3-port 0 \
     >"$DIR/server.log" 2>&1 &
 SPID=$!
 # perf.data files stay; the cluster's data (gigabytes) goes with the run.

@@ -179,9 +179,22 @@ impl PoolIo {
     /// Read up to `len` bytes at `offset` (fewer at the end of the object).
     pub async fn read(&self, oid: Oid, offset: u64, len: u64) -> Result<Bytes> {
         let chunk = self.cluster.options().io_chunk as u64;
-        let mut out = BytesMut::new();
-        let mut off = offset;
         let end = offset.saturating_add(len);
+        if end <= offset {
+            return Ok(Bytes::new());
+        }
+        // The usual read is one piece: its bytes (a slice of the frame they came in) are the
+        // answer, with no copy.
+        let first = self
+            .read_piece(oid, offset, (end - offset).min(chunk) as u32)
+            .await?;
+        let got = first.len() as u64;
+        if offset + got >= end || got < (end - offset).min(chunk) {
+            return Ok(first);
+        }
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        out.extend_from_slice(&first);
+        let mut off = offset + got;
         while off < end {
             let n = (end - off).min(chunk);
             let piece = self.read_piece(oid, off, n as u32).await?;

@@ -281,17 +281,19 @@ fn stages_inline(m: &Mutation) -> bool {
     }
 }
 
-/// Whole-object writes of new objects at least this long are placed ([`Store::place`]): their
-/// data goes once, straight into the store, and only a small record into the journal.
+/// Writes that make a new object of at least this many bytes are placed ([`Store::place`]):
+/// their data goes once, straight into the store, and only a small record into the journal.
 pub const PLACE_MIN: usize = 128 << 10;
 
-/// The data of a mutation that may be placed, if it is one.
+/// The data of a mutation that may be placed, if it is one: a whole-object write, or a write at
+/// offset 0 (which, on an object that does not exist, makes the same object: how file chunks,
+/// volume objects and S3 uploads begin).
 fn placeable(m: &Mutation) -> Option<(u64, i64, &bytes::Bytes)> {
     match m {
         Mutation::Apply {
             version,
             mtime,
-            op: ObjOp::WriteFull { data },
+            op: ObjOp::WriteFull { data } | ObjOp::Write { offset: 0, data },
         } if data.len() >= PLACE_MIN => Some((*version, *mtime, data)),
         _ => None,
     }
@@ -441,8 +443,8 @@ impl Durable {
     /// before it. Callers stage one group's mutations one at a time (under the group's order
     /// lock) and may then finish many at once: their records share fdatasyncs.
     ///
-    /// A whole-object write of at least [`PLACE_MIN`] bytes to an object that does not exist
-    /// (and has no mutation in flight) is placed first: its data written durably into the
+    /// A write of at least [`PLACE_MIN`] bytes that makes an object that does not exist (and
+    /// has no mutation in flight) is placed first: its data written durably into the
     /// store, its record a [`Mutation::Placed`] without the data. Callers' one-at-a-time
     /// staging per group is what makes "does not exist" still true when the record is written.
     pub async fn stage(self: &Arc<Self>, pg: PgId, oid: Oid, mutation: Mutation) -> Result<Staged> {
@@ -1022,7 +1024,16 @@ mod tests {
                 (x, op(4, ObjOp::Delete)),
                 (x, op(5, ObjOp::WriteFull { data: b.clone() })),
                 (x, op(6, ObjOp::Truncate { size: 250 << 10 })),
-                (z, op(7, ObjOp::WriteFull { data: b.clone() })),
+                (
+                    z,
+                    op(
+                        7,
+                        ObjOp::Write {
+                            offset: 0,
+                            data: b.clone(),
+                        },
+                    ),
+                ),
                 // An existing object's whole write is journaled whole, not placed.
                 (y, op(8, ObjOp::WriteFull { data: b.clone() })),
             ];
