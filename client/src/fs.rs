@@ -13,9 +13,15 @@
 //! frees the data past a smaller size (objects wholly past it are deleted) *before* the size
 //! changes, so no crash can leave stale bytes inside the file.
 //!
-//! Freeing. When the last link of a file goes, [`FsClient::unlink`] and [`FsClient::rename`]
-//! return its [`FreedFile`]; the caller deletes the data with [`FsClient::free`] once no open
-//! handle of its own needs it (POSIX lets an open file outlive its last name).
+//! Freeing. When the last link of a file goes, the raft entry that drops it also puts the file
+//! on the namespace's purge queue, and [`FsClient::unlink`] and [`FsClient::rename`] answer
+//! once that entry committed, returning its [`FreedFile`]: nothing waits for the objects to go.
+//! A [`Purger`] deletes them in the background ([`FsClient::purge`]: delete, then `Purged`):
+//! the files its own process freed, as they come, and the whole queue at start and every
+//! [`PURGE_EVERY`], so what a process that died left on the queue is deleted by another.
+//! Purging is idempotent (inode numbers are never reused), so purgers may race. A mount keeps
+//! a removed file it has open as an orphan of its session instead ([`FsClient::unlink_for`]);
+//! it goes on the queue when the mount forgets it ([`FsClient::forget`]) or its session ends.
 //!
 //! Moves. A file's data can move to another pool (a directory pinned after the file was
 //! written: see [`crate::migrate`]). Data I/O therefore does not trust the pool of the
@@ -40,10 +46,12 @@ use cairn_proto::fs::{
 use cairn_proto::msg::{MetaCommand, MetaRead, MetaRequest, MetaResponse, MetaResult};
 use cairn_proto::rpc::RpcError;
 use cairn_proto::{PieceKind, PoolId, WireError};
+use futures::StreamExt;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// How long a file's pool, as an answer of the metadata service showed it, is trusted for data
 /// I/O before the attributes are read again. Shorter than [`crate::migrate::MOVE_GRACE`], so a
@@ -371,7 +379,7 @@ impl FsClient {
             exclusive,
         };
         match self.apply(op).await? {
-            NsResult::Entry { attr, created } => Ok((attr, created)),
+            NsResult::Entry { attr, created, .. } => Ok((attr, created)),
             other => Err(unexpected(other)),
         }
     }
@@ -406,8 +414,8 @@ impl FsClient {
         .await
     }
 
-    /// Remove a file or symlink entry; returns the file whose last link went (free it with
-    /// [`FsClient::free`]).
+    /// Remove a file or symlink entry; returns the file whose last link went, which is on the
+    /// purge queue once this answers (hand it to a [`Purger`]).
     pub async fn unlink(&self, parent: Ino, name: &str) -> Result<Option<FreedFile>> {
         self.unlink_for(None, parent, name).await
     }
@@ -429,7 +437,7 @@ impl FsClient {
             },
         );
         match self.apply(op).await? {
-            NsResult::Unlinked { freed } => Ok(freed),
+            NsResult::Unlinked { freed, .. } => Ok(freed),
             other => Err(unexpected(other)),
         }
     }
@@ -697,9 +705,9 @@ impl FsClient {
         .await
     }
 
-    /// Delete the data of a file whose last link went. Refused because the file's data was
-    /// being copied to another pool, it is left to the mover, which deletes both copies of a
-    /// file that is gone.
+    /// Delete the data of a file whose last link went (without touching the purge queue: see
+    /// [`FsClient::purge`]). Refused because the file's data was being copied to another pool,
+    /// it is left to the mover, which deletes both copies of a file that is gone.
     pub async fn free(&self, f: FreedFile) -> Result<()> {
         let chunk = u64::from(f.chunk_size.max(1));
         let io = self.pool_io(f.pool).await?;
@@ -759,13 +767,13 @@ impl FsClient {
             .map(|_| ())
     }
 
-    /// Let go of files removed while open (orphans of `session`, see [`FsClient::unlink_for`]);
-    /// their data is the caller's to delete ([`FsClient::free`]).
+    /// Let go of files removed while open (orphans of `session`, see [`FsClient::unlink_for`]):
+    /// they go on the purge queue.
     pub async fn forget(&self, session: u64, inos: Vec<Ino>) -> Result<()> {
         self.apply(NsOp::Forget { session, inos }).await.map(|_| ())
     }
 
-    /// Files whose data nobody is left to delete (orphans of ended sessions), up to `limit`.
+    /// Up to `limit` files of the purge queue (see [`NsQuery::Purgeable`]).
     pub async fn purgeable(&self, limit: u32) -> Result<Vec<FreedFile>> {
         match self.query(NsQuery::Purgeable { limit }).await? {
             NsReply::Purgeable(files) => Ok(files),
@@ -773,9 +781,56 @@ impl FsClient {
         }
     }
 
-    /// The data of these purgeable files is deleted: the namespace forgets them.
+    /// The data of these files of the purge queue is deleted: take them off it.
     pub async fn purged(&self, inos: Vec<Ino>) -> Result<()> {
         self.apply(NsOp::Purged { inos }).await.map(|_| ())
+    }
+
+    /// Delete the data of files on the purge queue ([`PURGE_DEPTH`] at a time), then take the
+    /// ones deleted off the queue in one `Purged`. A file whose data could not be deleted stays
+    /// on the queue for a later pass (logged). Returns how many went.
+    pub async fn purge(&self, files: Vec<FreedFile>) -> Result<usize> {
+        let results: Vec<(FreedFile, Result<()>)> = futures::stream::iter(files)
+            .map(|f| async move { (f, self.free(f).await) })
+            .buffer_unordered(PURGE_DEPTH)
+            .collect()
+            .await;
+        let mut done = Vec::with_capacity(results.len());
+        for (f, r) in results {
+            match r {
+                Ok(()) => done.push(f.ino),
+                // Its pool was deleted, and its objects with it.
+                Err(ClientError::NoSuchPool(_)) => done.push(f.ino),
+                Err(e) => tracing::warn!(
+                    ino = f.ino,
+                    error = %e,
+                    "could not delete the data of a removed file; it stays on the purge queue"
+                ),
+            }
+        }
+        let n = done.len();
+        if n > 0 {
+            self.purged(done).await?;
+        }
+        Ok(n)
+    }
+
+    /// Purge the whole queue, a batch at a time, until it is empty (or a batch purged
+    /// nothing: what is left waits for the next pass). Returns how many files went.
+    pub async fn drain_purge_queue(&self) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            let files = self.purgeable(PURGE_BATCH).await?;
+            let full = files.len() == PURGE_BATCH as usize;
+            if files.is_empty() {
+                return Ok(total);
+            }
+            let n = self.purge(files).await?;
+            total += n;
+            if n == 0 || !full {
+                return Ok(total);
+            }
+        }
     }
 
     /// The lock that would block `kind` on `lock`, if any.
@@ -788,6 +843,98 @@ impl FsClient {
         match self.apply(NsOp::TestLock { ino, lock, kind }).await? {
             NsResult::LockTest(h) => Ok(h),
             other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// How often a [`Purger`] started with a period drains the whole purge queue by default.
+pub const PURGE_EVERY: Duration = Duration::from_secs(10);
+
+/// Files taken off the purge queue per `Purgeable` read and `Purged` entry.
+const PURGE_BATCH: u32 = 1000;
+
+/// Object deletions in flight while purging.
+const PURGE_DEPTH: usize = 16;
+
+/// How long a [`Purger`] gathers files handed to it before it purges them, so that a stream of
+/// removals costs one `Purged` entry per batch rather than one per file.
+const PURGE_GATHER: Duration = Duration::from_millis(100);
+
+/// A background purger: deletes the data of files on the namespace's purge queue. Files its
+/// process removed are handed to it ([`Purger::push`]) and purged within moments, in batches;
+/// with a period it also drains the whole queue at start and then every period, which is how
+/// the files of processes that died before purging them go. Cheap to clone; the worker stops
+/// once every clone is dropped, after purging what it was handed (what it could not finish
+/// stays on the queue: nothing is lost with it).
+#[derive(Clone)]
+pub struct Purger {
+    tx: mpsc::UnboundedSender<FreedFile>,
+}
+
+impl Purger {
+    /// Start the worker on the current tokio runtime; `every`: drain the whole queue at start
+    /// and then this often (`None`: only purge what is pushed). The handle ends with the
+    /// worker.
+    pub fn start(fs: FsClient, every: Option<Duration>) -> (Purger, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let worker = tokio::spawn(purge_worker(fs, rx, every));
+        (Purger { tx }, worker)
+    }
+
+    /// `f` went on the purge queue here (an unlink or rename answered it): purge it soon.
+    pub fn push(&self, f: FreedFile) {
+        // A stopped worker leaves the file on the queue for the next drain anywhere.
+        let _ = self.tx.send(f);
+    }
+}
+
+async fn purge_worker(
+    fs: FsClient,
+    mut rx: mpsc::UnboundedReceiver<FreedFile>,
+    every: Option<Duration>,
+) {
+    let mut tick = every.map(|e| {
+        let mut t = tokio::time::interval(e);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    loop {
+        let first = tokio::select! {
+            _ = async {
+                match tick.as_mut() {
+                    Some(t) => {
+                        t.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            } => {
+                match fs.drain_purge_queue().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(files = n, "purged the data of removed files"),
+                    Err(e) => tracing::debug!(error = %e, "could not drain the purge queue"),
+                }
+                continue;
+            }
+            f = rx.recv() => match f {
+                Some(f) => f,
+                None => break,
+            },
+        };
+        let mut batch = vec![first];
+        let gather = tokio::time::sleep(PURGE_GATHER);
+        tokio::pin!(gather);
+        while batch.len() < PURGE_BATCH as usize {
+            tokio::select! {
+                f = rx.recv() => match f {
+                    Some(f) => batch.push(f),
+                    None => break,
+                },
+                _ = &mut gather => break,
+            }
+        }
+        let n = batch.len();
+        if let Err(e) = fs.purge(batch).await {
+            tracing::warn!(files = n, error = %e, "could not purge removed files; they stay on the queue");
         }
     }
 }

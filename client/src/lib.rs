@@ -26,7 +26,7 @@ mod volume;
 
 pub use cluster::{ClientOptions, Cluster, PoolSpec};
 pub use error::{ClientError, Result};
-pub use fs::{FsCapacity, FsClient, SetAttrs, DEFAULT_FILE_POOL, LAYOUT_TTL};
+pub use fs::{FsCapacity, FsClient, Purger, SetAttrs, DEFAULT_FILE_POOL, LAYOUT_TTL, PURGE_EVERY};
 pub use objects::PoolIo;
 pub use striped::Striped;
 pub use volume::VolumeIo;

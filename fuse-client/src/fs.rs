@@ -12,10 +12,10 @@ use crate::state::{DirListing, Handles, PendingSize};
 use crate::writeback::WriteBack;
 use crate::{ttl_ms, MountOptions};
 use bytes::Bytes;
-use cairn_client::{ClientError, FsClient, SetAttrs};
+use cairn_client::{ClientError, FsClient, Purger, SetAttrs};
 use cairn_proto::fs::{
-    DirEntry, FileKind, FreedFile, FsError, Ino, InodeAttr, LockKind, LockSpec, SetTime, XattrFlag,
-    MAX_FILE_SIZE, NAME_MAX,
+    DirEntry, FileKind, FreedFile, FsError, Ino, InodeAttr, LockKind, LockSpec, NsOp, NsResult,
+    SetTime, XattrFlag, MAX_FILE_SIZE, NAME_MAX,
 };
 use fuser::consts::{
     FUSE_AUTO_INVAL_DATA, FUSE_FLOCK_LOCKS, FUSE_PARALLEL_DIROPS, FUSE_POSIX_LOCKS,
@@ -298,6 +298,41 @@ impl Inner {
         }
     }
 
+    /// Apply a namespace change; the directory attributes its answer carries are kept for the
+    /// kernel's next look at the directory ([`Handles::changed_dir`]).
+    async fn ns_change(&self, op: NsOp) -> Result<NsResult, Errno> {
+        let r = self.fs.apply(op).await.map_err(errno)?;
+        match &r {
+            NsResult::Entry { dir: Some(d), .. } | NsResult::Unlinked { dir: Some(d), .. } => {
+                self.handles.dir_changed(d.clone())
+            }
+            _ => {}
+        }
+        Ok(r)
+    }
+
+    /// [`Inner::ns_change`] for an op that answers with an entry (create, link).
+    async fn entry(&self, op: NsOp) -> Result<(InodeAttr, bool), Errno> {
+        match self.ns_change(op).await? {
+            NsResult::Entry { attr, created, .. } => Ok((attr, created)),
+            other => {
+                tracing::warn!(?other, "unexpected namespace answer");
+                Err(libc::EIO)
+            }
+        }
+    }
+
+    /// [`Inner::ns_change`] for an op that removes an entry (unlink, rmdir).
+    async fn remove(&self, op: NsOp) -> Result<Option<FreedFile>, Errno> {
+        match self.ns_change(op).await? {
+            NsResult::Unlinked { freed, .. } => Ok(freed),
+            other => {
+                tracing::warn!(?other, "unexpected namespace answer");
+                Err(libc::EIO)
+            }
+        }
+    }
+
     async fn create_node(
         &self,
         req: (u32, u32),
@@ -307,10 +342,23 @@ impl Inner {
         mode: u32,
         exclusive: bool,
     ) -> Result<(InodeAttr, bool), Errno> {
-        self.fs
-            .mknod(parent, &name, kind, mode & 0o7777, req.0, req.1, exclusive)
-            .await
-            .map_err(errno)
+        let op = NsOp::Create {
+            parent,
+            name,
+            kind,
+            mode: mode & 0o7777,
+            uid: req.0,
+            gid: req.1,
+            target: None,
+            exclusive,
+        };
+        let (attr, created) = self.entry(op).await?;
+        if created {
+            // A new inode has no extended attributes: the kernel's `security.capability` check
+            // before the first write needs no round trip.
+            self.handles.set_without_caps(attr.ino, true);
+        }
+        Ok((attr, created))
     }
 
     async fn setattr(&self, ino: Ino, set: SetAttrs) -> Result<InodeAttr, Errno> {
@@ -321,6 +369,7 @@ impl Inner {
             self.sync_file(ino, false).await?;
         }
         let a = self.fs.setattr(ino, set).await.map_err(errno)?;
+        self.handles.forget_dir(ino);
         if set.size.is_some() {
             self.handles.sized(ino, a.size, true);
         }
@@ -677,6 +726,10 @@ impl fuser::Filesystem for CairnFs {
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        let ttl = self.inner.opts.attr_ttl;
+        if let Some((a, left)) = self.inner.handles.changed_dir(ino, ttl) {
+            return reply.attr(&left, &file_attr(&a));
+        }
         self.spawn(|i| {
             answer!(reply, i.getattr(ino), |a| reply
                 .attr(&i.opts.attr_ttl, &file_attr(&a)))
@@ -759,12 +812,16 @@ impl fuser::Filesystem for CairnFs {
             Err(e) => return reply.error(e),
         };
         self.spawn(|i| async move {
-            match i.fs.unlink_for(Some(i.session), parent, &name).await {
+            let op = NsOp::AsSession {
+                session: i.session,
+                op: Box::new(NsOp::Unlink { parent, name }),
+            };
+            match i.remove(op).await {
                 Ok(freed) => {
                     i.freed(freed).await;
                     reply.ok()
                 }
-                Err(e) => reply.error(errno(e)),
+                Err(e) => reply.error(e),
             }
         });
     }
@@ -775,9 +832,9 @@ impl fuser::Filesystem for CairnFs {
             Err(e) => return reply.error(e),
         };
         self.spawn(|i| async move {
-            match i.fs.rmdir(parent, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(e)),
+            match i.remove(NsOp::Rmdir { parent, name }).await {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(e),
             }
         });
     }
@@ -797,9 +854,19 @@ impl fuser::Filesystem for CairnFs {
         };
         let (uid, gid) = (req.uid(), req.gid());
         self.spawn(|i| async move {
-            match i.fs.symlink(parent, &name, &target, uid, gid).await {
-                Ok(a) => reply.entry(&i.entry_ttl(), &file_attr(&a), a.generation),
-                Err(e) => reply.error(errno(e)),
+            let op = NsOp::Create {
+                parent,
+                name,
+                kind: FileKind::Symlink,
+                mode: 0o777,
+                uid,
+                gid,
+                target: Some(target),
+                exclusive: true,
+            };
+            match i.entry(op).await {
+                Ok((a, _)) => reply.entry(&i.entry_ttl(), &file_attr(&a), a.generation),
+                Err(e) => reply.error(e),
             }
         });
     }
@@ -834,6 +901,8 @@ impl fuser::Filesystem for CairnFs {
                     exchange,
                 )
                 .await;
+            i.handles.forget_dir(parent);
+            i.handles.forget_dir(newparent);
             match r {
                 Ok(freed) => {
                     i.freed(freed).await;
@@ -857,12 +926,17 @@ impl fuser::Filesystem for CairnFs {
             Err(e) => return reply.error(e),
         };
         self.spawn(|i| async move {
-            match i.fs.link(ino, newparent, &newname).await {
-                Ok(a) => {
+            let op = NsOp::Link {
+                ino,
+                new_parent: newparent,
+                new_name: newname,
+            };
+            match i.entry(op).await {
+                Ok((a, _)) => {
                     let a = i.handles.view(a);
                     reply.entry(&i.entry_ttl(), &file_attr(&a), a.generation)
                 }
-                Err(e) => reply.error(errno(e)),
+                Err(e) => reply.error(e),
             }
         });
     }
@@ -1017,6 +1091,7 @@ impl fuser::Filesystem for CairnFs {
         }
         let value = value.to_vec();
         self.inner.handles.set_without_caps(ino, false);
+        self.inner.handles.forget_dir(ino);
         self.spawn(|i| async move {
             match i.fs.setxattr(ino, &name, value, flags).await {
                 Ok(()) => reply.ok(),
@@ -1081,6 +1156,7 @@ impl fuser::Filesystem for CairnFs {
             return reply.error(libc::EINVAL);
         };
         self.inner.handles.set_without_caps(ino, false);
+        self.inner.handles.forget_dir(ino);
         self.spawn(|i| async move {
             match i.fs.removexattr(ino, &name).await {
                 Ok(()) => reply.ok(),
@@ -1271,23 +1347,25 @@ async fn free_now(fs: &FsClient, f: FreedFile) {
     }
 }
 
-/// Delete the data of removed files `grace` after they were removed, so that a reader on another
-/// mount that opened the file just before it went (an editor's save-by-rename under a reader)
-/// still reads it whole. When `files` closes (unmount), what is left is deleted at once.
+/// Hand the data of removed files to the purge queue `grace` after they were removed, so that a
+/// reader on another mount that opened the file just before it went (an editor's
+/// save-by-rename under a reader) still reads it whole: the namespace forgets the mount's
+/// orphans (`Forget` puts them on the queue in the same entry) and this mount's [`Purger`]
+/// deletes their objects. The purger also drains the whole queue at start and every
+/// `purge_every` (files of mounts and gateways that died before purging them). When `files`
+/// closes (unmount), what is left is forgotten at once and purged before this returns.
 pub(crate) async fn reap(
     fs: FsClient,
     session: u64,
     mut files: mpsc::UnboundedReceiver<FreedFile>,
     grace: Duration,
+    purge_every: Duration,
 ) {
+    let (purger, worker) = Purger::start(fs.clone(), Some(purge_every));
     let mut due: std::collections::VecDeque<(tokio::time::Instant, FreedFile)> = Default::default();
-    // Now and then, the data of files whose mount died with them open (see `purge_dead`).
-    let mut purge = tokio::time::interval(PURGE_EVERY);
-    purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next = due.front().map(|(at, _)| *at);
         tokio::select! {
-            _ = purge.tick() => purge_dead(&fs).await,
             f = files.recv() => match f {
                 Some(f) => due.push_back((tokio::time::Instant::now() + grace, f)),
                 None => break,
@@ -1303,53 +1381,22 @@ pub(crate) async fn reap(
                 while due.front().is_some_and(|(at, _)| *at <= now) && batch.len() < 1000 {
                     batch.extend(due.pop_front().map(|(_, f)| f));
                 }
-                forget_and_free(&fs, session, batch).await;
+                forget_and_purge(&fs, session, &purger, batch).await;
             }
         }
     }
     let rest: Vec<FreedFile> = due.into_iter().map(|(_, f)| f).collect();
     for batch in rest.chunks(1000) {
-        forget_and_free(&fs, session, batch.to_vec()).await;
+        forget_and_purge(&fs, session, &purger, batch.to_vec()).await;
     }
+    drop(purger);
+    let _ = worker.await;
 }
 
-/// How often a mount deletes the data of files left by mounts that died ([`purge_dead`]).
-const PURGE_EVERY: Duration = Duration::from_secs(60);
-
-/// Delete the data of files removed while open on a mount that died before their last close
-/// (the metadata service lists them when that mount's session ends), then have the namespace
-/// forget them. Any mount may do it, several at once: deleting is idempotent and inode numbers
-/// are never reused.
-async fn purge_dead(fs: &FsClient) {
-    let files = match fs.purgeable(1000).await {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::debug!(error = %e, "could not list files to purge");
-            return;
-        }
-    };
-    if files.is_empty() {
-        return;
-    }
-    let mut done = Vec::new();
-    for f in files {
-        match fs.free(f).await {
-            Ok(()) => done.push(f.ino),
-            Err(e) => {
-                tracing::warn!(ino = f.ino, error = %e, "could not purge a dead mount's file")
-            }
-        }
-    }
-    let n = done.len();
-    match fs.purged(done).await {
-        Ok(()) => tracing::info!(files = n, "purged the data of files a dead mount had open"),
-        Err(e) => tracing::warn!(error = %e, "could not record purged files"),
-    }
-}
-
-/// The namespace lets go of removed files kept for this mount (orphans), then their data goes.
-/// A file whose orphan cannot be forgotten keeps its data: the orphan goes with the session.
-async fn forget_and_free(fs: &FsClient, session: u64, files: Vec<FreedFile>) {
+/// The namespace lets go of removed files kept for this mount (orphans), which puts them on the
+/// purge queue, and the purger deletes their data. A file whose orphan cannot be forgotten now
+/// stays one: it goes on the queue with the session at the latest.
+async fn forget_and_purge(fs: &FsClient, session: u64, purger: &Purger, files: Vec<FreedFile>) {
     if files.is_empty() {
         return;
     }
@@ -1359,7 +1406,7 @@ async fn forget_and_free(fs: &FsClient, session: u64, files: Vec<FreedFile>) {
         return;
     }
     for f in files {
-        free_now(fs, f).await;
+        purger.push(f);
     }
 }
 

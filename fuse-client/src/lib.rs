@@ -44,10 +44,11 @@
 //! - A file removed (unlink, or renamed over) while this mount has it open stays usable through
 //!   its open descriptors as on a local file system: `fstat`, reads, writes, `ftruncate`,
 //!   `fchmod`, locks. The metadata service keeps its inode, without links, as an orphan of this
-//!   mount's session; the last close here lets go of it, and its data is deleted
-//!   [`MountOptions::free_grace`] later. A mount that dies loses its orphans with its session;
-//!   the metadata service lists their data as purgeable and any mount deletes it (at start and
-//!   every minute). Other mounts do not know what this one
+//!   mount's session; the last close here lets go of it, and [`MountOptions::free_grace`]
+//!   later it goes on the namespace's purge queue and this mount deletes its data. A mount that
+//!   dies loses its orphans with its session, onto the purge queue; every mount (and gateway)
+//!   drains the queue at start and every [`MountOptions::purge_every`], so whatever a dead
+//!   process left there is deleted by another. Other mounts do not know what this one
 //!   has open: a file removed elsewhere stays readable here for `free_grace` after that removal,
 //!   then reads as zeros and `fstat` says ESTALE; writes to it here fail the next fsync or close
 //!   with ESTALE (and what they stored is deleted again), never succeed silently.
@@ -107,6 +108,9 @@ pub struct MountOptions {
     /// Bytes of writes the mount may hold before they reach the OSDs, over all files; 0 turns
     /// write-behind off (every write waits for its replicated OSD write). At least 2 MiB when on.
     pub write_behind: usize,
+    /// How often the mount drains the namespace's purge queue (deletes the data of removed
+    /// files that the mount or gateway that removed them did not get to), besides at start.
+    pub purge_every: Duration,
     /// Buffered writes older than this are started without waiting for a close or fsync.
     pub write_behind_age: Duration,
     /// A buffered write the cluster does not answer (a stopped or overloaded OSD, a failover)
@@ -125,6 +129,7 @@ impl Default for MountOptions {
             allow_other: true,
             read_only: false,
             free_grace: Duration::from_secs(5),
+            purge_every: cairn_client::PURGE_EVERY,
             write_behind: 64 << 20,
             write_behind_age: Duration::from_secs(2),
             write_retry: Duration::from_secs(600),
@@ -182,6 +187,7 @@ pub async fn run(
         session_id,
         reaper_rx,
         opts.free_grace,
+        opts.purge_every,
     ));
     let make_fs = || {
         CairnFs::new(

@@ -52,6 +52,11 @@ struct Tables {
     /// Inodes found without `security.capability`, and when: the kernel asks before every
     /// write (FUSE clears `SB_NOSEC`), so the answer is kept for the attribute TTL.
     no_caps: HashMap<Ino, std::time::Instant>,
+    /// Directories as a change of this mount left them (create, unlink, ...), and when the
+    /// answer came: the kernel drops its cached attributes of a directory after every change
+    /// in it, and with `default_permissions` asks for them again at the next path walk
+    /// through it, which this answers without a round trip.
+    changed_dirs: HashMap<Ino, (InodeAttr, std::time::Instant)>,
 }
 
 #[derive(Default)]
@@ -216,6 +221,43 @@ impl Handles {
         }
     }
 
+    /// A change of this mount left directory `dir` so (the newest change wins: answers of
+    /// concurrent changes may come in any order).
+    pub fn dir_changed(&self, dir: InodeAttr) {
+        let mut t = self.lock();
+        if t.changed_dirs.len() >= 10_000 {
+            t.changed_dirs.clear();
+        }
+        let now = std::time::Instant::now();
+        match t.changed_dirs.get_mut(&dir.ino) {
+            Some(known) if known.0.ctime_ns > dir.ctime_ns => {}
+            Some(known) => *known = (dir, now),
+            None => {
+                t.changed_dirs.insert(dir.ino, (dir, now));
+            }
+        }
+    }
+
+    /// The attributes of directory `ino` as a change of this mount left it less than `ttl`
+    /// ago, and how much longer they may be cached, so that they are never older than `ttl`
+    /// when the kernel stops trusting them.
+    pub fn changed_dir(
+        &self,
+        ino: Ino,
+        ttl: std::time::Duration,
+    ) -> Option<(InodeAttr, std::time::Duration)> {
+        let t = self.lock();
+        let (attr, at) = t.changed_dirs.get(&ino)?;
+        let left = ttl.checked_sub(at.elapsed()).filter(|d| !d.is_zero())?;
+        Some((attr.clone(), left))
+    }
+
+    /// Directory `ino` changed in a way whose outcome this mount was not told (a rename, an
+    /// attribute change): ask the metadata service next time.
+    pub fn forget_dir(&self, ino: Ino) {
+        self.lock().changed_dirs.remove(&ino);
+    }
+
     /// `owner` took a lock on `ino`.
     pub fn locked(&self, ino: Ino, owner: u64) {
         self.lock().lockers.insert((ino, owner));
@@ -302,6 +344,31 @@ mod tests {
         h.set_without_caps(3, true);
         std::thread::sleep(ttl * 2);
         assert!(!h.known_without_caps(3, ttl));
+    }
+
+    #[test]
+    fn a_changed_directory_is_answered_for_what_is_left_of_the_ttl() {
+        let h = Handles::default();
+        let ttl = std::time::Duration::from_millis(200);
+        let mut d = attr(3, 0, 10);
+        d.kind = FileKind::Dir;
+        d.ctime_ns = 10;
+        assert!(h.changed_dir(3, ttl).is_none());
+        h.dir_changed(d.clone());
+        let (got, left) = h.changed_dir(3, ttl).unwrap();
+        assert_eq!(got, d);
+        assert!(left <= ttl);
+        // An older answer arriving late does not replace a newer one.
+        let mut older = d.clone();
+        older.ctime_ns = 5;
+        h.dir_changed(older);
+        assert_eq!(h.changed_dir(3, ttl).unwrap().0.ctime_ns, 10);
+        // Forgotten on a change this mount was not told the outcome of, and aged out.
+        h.forget_dir(3);
+        assert!(h.changed_dir(3, ttl).is_none());
+        h.dir_changed(d);
+        std::thread::sleep(ttl);
+        assert!(h.changed_dir(3, ttl).is_none());
     }
 
     #[test]

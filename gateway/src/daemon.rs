@@ -56,6 +56,10 @@ pub struct GatewayConfig {
     /// Seconds the old objects of a moved file keep refusing clients before they are forgotten;
     /// keep it above the 30 s clients trust a file's remembered pool.
     pub migrate_grace_secs: u64,
+    /// Milliseconds between drains of the namespace's purge queue (the data of removed files
+    /// that the mount or gateway that removed them did not get to delete); the gateway also
+    /// drains it at start. 0 turns draining off (files NFS and S3 remove here are still purged).
+    pub purge_interval_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -74,6 +78,7 @@ impl Default for GatewayConfig {
             migrate: true,
             migrate_interval_ms: 5000,
             migrate_grace_secs: cairn_client::migrate::MOVE_GRACE.as_secs(),
+            purge_interval_ms: cairn_client::PURGE_EVERY.as_millis() as u64,
         }
     }
 }
@@ -231,14 +236,36 @@ pub async fn start(cfg: GatewayConfig) -> Result<GatewayHandle, GatewayError> {
             Ok(())
         }));
     }
+    // Deletes what NFS removes here and, every `purge_interval_ms`, whatever else is on the
+    // purge queue. Its worker ends when the NFS server and this task let go of it.
+    let every = (cfg.purge_interval_ms > 0)
+        .then(|| std::time::Duration::from_millis(cfg.purge_interval_ms));
+    let (purger, purge_worker) =
+        cairn_client::Purger::start(cairn_client::FsClient::new(cluster.clone()), every);
+    {
+        let (purger, mut rx) = (purger.clone(), rx.clone());
+        tasks.push(tokio::spawn(async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+            drop(purger);
+            purge_worker.abort();
+            Ok(())
+        }));
+    }
     let mut nfs_port = None;
     if !cfg.nfs_listen.is_empty() {
         let (ptx, prx) = tokio::sync::oneshot::channel();
         let (cluster, addr, rx) = (cluster.clone(), cfg.nfs_listen.clone(), rx.clone());
+        let purger = purger.clone();
         tasks.push(tokio::spawn(async move {
-            cairn_nfs::serve_nfs(cluster, &addr, rx, move |port| {
-                let _ = ptx.send(port);
-            })
+            cairn_nfs::serve_nfs_with(
+                cluster,
+                &addr,
+                rx,
+                move |port| {
+                    let _ = ptx.send(port);
+                },
+                purger,
+            )
             .await
             .map_err(GatewayError::Io)
         }));

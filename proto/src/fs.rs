@@ -6,8 +6,10 @@
 //! Inodes are named by [`Ino`]; numbers are never reused, and each inode also gets a
 //! `generation` unique across the namespace, so an NFS handle `(ino, generation)` can never
 //! name a different file. A file's data lives in objects `Oid::for_piece(File, ino, index)` of
-//! `chunk_size` bytes in its `pool`; the namespace records only sizes, so when the last link of a
-//! file goes the result says which objects the caller must delete ([`FreedFile`]).
+//! `chunk_size` bytes in its `pool`; the namespace records only sizes. When the last link of a
+//! file goes, the same raft entry puts the file on the namespace's purge queue ([`FreedFile`]:
+//! which objects to delete), and purgers delete its data in the background
+//! ([`NsQuery::Purgeable`], [`NsOp::Purged`]), so no process's death can leak it.
 
 use crate::ids::PoolId;
 use serde::{Deserialize, Serialize};
@@ -153,7 +155,8 @@ pub enum NsOp {
         new_parent: Ino,
         new_name: String,
     },
-    /// Remove a file or symlink entry; the inode goes with its last link.
+    /// Remove a file or symlink entry; the inode goes with its last link, and a file's data
+    /// onto the purge queue (see [`NsQuery::Purgeable`]).
     Unlink { parent: Ino, name: String },
     /// Remove an empty directory.
     Rmdir { parent: Ino, name: String },
@@ -244,13 +247,14 @@ pub enum NsOp {
     /// it is kept, with no links, as an orphan of the session, because the session has it open
     /// (or may: POSIX keeps a removed file until its last descriptor closes). Its attributes,
     /// size and extended attributes stay usable by inode number until the session lets go of
-    /// it ([`NsOp::Forget`]) or ends (then it goes, as an unmount closes everything). The
-    /// result names it in `freed` as usual: the caller deletes its data once it forgets it.
+    /// it ([`NsOp::Forget`]) or ends (then it goes, as an unmount closes everything); either
+    /// way its data then goes onto the purge queue. The result names it in `freed` as usual.
     AsSession { session: u64, op: Box<NsOp> },
-    /// `session` lets go of these orphans: each goes (inodes that are not orphans of the
-    /// session are left alone).
+    /// `session` lets go of these orphans: each goes, its data onto the purge queue (inodes
+    /// that are not orphans of the session are left alone).
     Forget { session: u64, inos: Vec<Ino> },
-    /// The data of these purgeable files ([`NsQuery::Purgeable`]) was deleted: forget them.
+    /// The data of these files on the purge queue ([`NsQuery::Purgeable`]) was deleted: take
+    /// them off it. Numbers not on the queue are ignored, so sending it twice is harmless.
     Purged { inos: Vec<Ino> },
 }
 
@@ -286,9 +290,9 @@ pub struct HeldLock {
     pub end: u64,
 }
 
-/// The data of a file whose last link went: the caller deletes its objects
-/// `Oid::for_piece(File, ino, 0..ceil(size / chunk_size))` in `pool` (once no open handle needs
-/// them).
+/// The data of a file whose last link went: its objects are
+/// `Oid::for_piece(File, ino, 0..ceil(size / chunk_size))` in `pool`. An entry of the purge
+/// queue, and what [`NsResult::Unlinked`] and [`NsResult::Renamed`] report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FreedFile {
     pub ino: Ino,
@@ -303,11 +307,21 @@ pub enum NsResult {
     /// The inode's attributes after the change ([`NsOp::SetAttr`], [`NsOp::Pin`]).
     Attr(InodeAttr),
     /// The inode a directory entry now names ([`NsOp::Create`], [`NsOp::Link`]). `created` is
-    /// false only when a non-exclusive file create found the file already there.
-    Entry { attr: InodeAttr, created: bool },
+    /// false only when a non-exclusive file create found the file already there. `dir`: the
+    /// directory holding the entry as the op left it, when the op changed it (a mount answers
+    /// the kernel's next look at the directory with it instead of asking again).
+    Entry {
+        attr: InodeAttr,
+        created: bool,
+        dir: Option<InodeAttr>,
+    },
     /// An entry went ([`NsOp::Unlink`], [`NsOp::Rmdir`]); `freed` is set when it was the last link
-    /// of a file.
-    Unlinked { freed: Option<FreedFile> },
+    /// of a file: the file is on the purge queue (or an orphan of the session the op ran for).
+    /// `dir`: the directory as the op left it.
+    Unlinked {
+        freed: Option<FreedFile>,
+        dir: Option<InodeAttr>,
+    },
     /// [`NsOp::Rename`] took effect; `replaced_freed` is set when the replaced entry was the last
     /// link of a file.
     Renamed { replaced_freed: Option<FreedFile> },
@@ -378,8 +392,10 @@ pub enum NsQuery {
     },
     /// Counts over the whole namespace.
     Stats,
-    /// Up to `limit` files whose data nobody deletes any more: orphans of sessions that ended
-    /// or expired (their mount died before its last close). See [`NsOp::Purged`].
+    /// Up to `limit` files of the purge queue, lowest inode numbers first: files gone from
+    /// the namespace whose data may still be on the OSDs. A purger deletes their objects (an
+    /// object already gone is fine: purging is idempotent and inode numbers are never reused)
+    /// and then sends [`NsOp::Purged`].
     Purgeable {
         limit: u32,
     },

@@ -10,20 +10,23 @@
 //!                  ├─ file handles                  (inode, generation), 16 bytes
 //!                  └─ readdir cookies               file id → name, a bounded table
 //!                        └─> cairn_client::FsClient   namespace and data of the cluster
+//!  Purger: deletes the data of removed files (the purge queue), in the background
 //! ```
 //!
 //! [`CairnNfs`] implements `nfsserve::vfs::NFSFileSystem` over [`FsClient`]: file ids are inode
 //! numbers (never reused), file handles carry `(inode, generation)`, and errors map onto
 //! `nfsstat3`. NFS is stateless, so every write goes straight to the OSDs and, when it ends
 //! past the end of file, grows the size in the namespace before it is answered (`FILE_SYNC`
-//! semantics: nothing is pending, a COMMIT has nothing left to do). Data of a file whose last
-//! link goes is deleted at once (NFSv3 has no open state to wait for).
+//! semantics: nothing is pending, a COMMIT has nothing left to do). A REMOVE (or a RENAME over
+//! a file) is answered once its namespace entry committed, which put the file on the purge
+//! queue; the export's [`Purger`] deletes the data moments later (NFSv3 has no open state to
+//! wait for), and a gateway killed before that leaves it on the queue for the next purger.
 //!
 //! Limits of nfsserve 0.10: no LINK, MKNOD or COMMIT procedures, fixed FSSTAT figures, and
 //! directory cookies that are file ids; this module maps a cookie back to a name with a bounded
 //! table of names it listed (falling back to a scan from the start of the directory).
 
-use cairn_client::{ClientError, Cluster, FsClient, SetAttrs};
+use cairn_client::{ClientError, Cluster, FsClient, Purger, SetAttrs, PURGE_EVERY};
 use cairn_proto::fs::{FileKind, FsError, Ino, InodeAttr, SetTime, READDIR_MAX, ROOT_INO};
 use nfsserve::nfs::{
     fattr3, fileid3, filename3, ftype3, nfs_fh3, nfspath3, nfsstat3, nfstime3, sattr3, set_atime,
@@ -43,6 +46,8 @@ const ATTR_PARALLEL: usize = 32;
 /// The NFS view of a namespace.
 pub struct CairnNfs {
     fs: FsClient,
+    /// Deletes the data of files removed here.
+    purger: Purger,
     /// Generation of each inode seen, for file handles (inode numbers are never reused, so a
     /// handle of an unknown generation is still safe to accept).
     generations: Mutex<HashMap<Ino, u64>>,
@@ -156,9 +161,11 @@ fn set_attrs(s: &sattr3) -> SetAttrs {
 }
 
 impl CairnNfs {
-    pub fn new(fs: FsClient) -> CairnNfs {
+    /// Removed files are handed to `purger`.
+    pub fn new(fs: FsClient, purger: Purger) -> CairnNfs {
         CairnNfs {
             fs,
+            purger,
             generations: Mutex::new(HashMap::from([(ROOT_INO, 1)])),
             cookie_names: Mutex::default(),
         }
@@ -359,7 +366,7 @@ impl NFSFileSystem for CairnNfs {
         match self.fs.unlink(dirid, &name).await {
             Ok(freed) => {
                 if let Some(f) = freed {
-                    self.fs.free(f).await.map_err(|e| nfs_err(&e))?;
+                    self.purger.push(f);
                 }
                 Ok(())
             }
@@ -384,7 +391,7 @@ impl NFSFileSystem for CairnNfs {
             .await
             .map_err(|e| nfs_err(&e))?;
         if let Some(f) = freed {
-            self.fs.free(f).await.map_err(|e| nfs_err(&e))?;
+            self.purger.push(f);
         }
         Ok(())
     }
@@ -517,14 +524,30 @@ impl NFSFileSystem for CairnNfs {
 }
 
 /// Serve the namespace of `cluster` over NFSv3 (and MOUNT) on `bind_addr` (`ip:port`; port 0
-/// picks one) until `shutdown` turns true. `on_bound` learns the port actually bound.
+/// picks one) until `shutdown` turns true. `on_bound` learns the port actually bound. The
+/// export runs its own [`Purger`], which also drains the whole purge queue at start and every
+/// [`PURGE_EVERY`].
 pub async fn serve_nfs(
+    cluster: Cluster,
+    bind_addr: &str,
+    shutdown: watch::Receiver<bool>,
+    on_bound: impl FnOnce(u16),
+) -> std::io::Result<()> {
+    let fs = FsClient::new(cluster.clone());
+    let (purger, _worker) = Purger::start(fs, Some(PURGE_EVERY));
+    serve_nfs_with(cluster, bind_addr, shutdown, on_bound, purger).await
+}
+
+/// [`serve_nfs`] handing removed files to `purger` (a gateway's, which drains the queue).
+pub async fn serve_nfs_with(
     cluster: Cluster,
     bind_addr: &str,
     mut shutdown: watch::Receiver<bool>,
     on_bound: impl FnOnce(u16),
+    purger: Purger,
 ) -> std::io::Result<()> {
-    let listener = NFSTcpListener::bind(bind_addr, CairnNfs::new(FsClient::new(cluster))).await?;
+    let listener =
+        NFSTcpListener::bind(bind_addr, CairnNfs::new(FsClient::new(cluster), purger)).await?;
     on_bound(listener.get_listen_port());
     tracing::info!(
         addr = bind_addr,

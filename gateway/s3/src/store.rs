@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
-use cairn_client::{ClientError, FsClient};
+use cairn_client::{ClientError, FsClient, Purger};
 use cairn_proto::fs::{
     DirEntryPlus, FileKind, FreedFile, FsError, Ino, InodeAttr, NsOp, NsResult, SetTime, XattrFlag,
     NAME_MAX, ROOT_INO,
@@ -178,11 +178,16 @@ pub struct NewMeta {
 #[derive(Clone)]
 pub struct Store {
     pub fs: FsClient,
+    /// Deletes the data of files removed or replaced here.
+    purger: Purger,
 }
 
 impl Store {
+    /// Starts the store's [`Purger`] on the current tokio runtime: it purges what this store
+    /// removes; the gateway's own purger drains the rest of the queue.
     pub fn new(fs: FsClient) -> Store {
-        Store { fs }
+        let (purger, _worker) = Purger::start(fs.clone(), None);
+        Store { fs, purger }
     }
 
     /// The directory of bucket `bucket`.
@@ -429,14 +434,9 @@ impl Store {
         }
     }
 
-    /// Delete a file's data in the background.
+    /// Delete the data of a file the namespace put on the purge queue, in the background.
     pub fn free(&self, f: FreedFile) {
-        let fs = self.fs.clone();
-        tokio::spawn(async move {
-            if let Err(e) = fs.free(f).await {
-                tracing::warn!(error = %e, ino = f.ino, "could not delete the data of a removed file");
-            }
-        });
+        self.purger.push(f);
     }
 
     /// Give the hidden file `tmp` of `t.parent` its size and metadata and move it over

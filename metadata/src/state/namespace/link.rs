@@ -27,6 +27,7 @@ impl Txn<'_> {
                 (FileKind::File, false, FileKind::File) => Ok(NsResult::Entry {
                     attr: attr.clone(),
                     created: false,
+                    dir: None,
                 }),
                 (FileKind::File, false, FileKind::Dir) => Err(FsError::IsDir),
                 _ => Err(FsError::Exists),
@@ -73,10 +74,11 @@ impl Txn<'_> {
             target: target.map(str::to_string),
         });
         self.set_entry(parent, name, Some(ino));
-        self.dir_changed(parent, i32::from(kind == FileKind::Dir))?;
+        let dir = self.dir_changed(parent, i32::from(kind == FileKind::Dir))?;
         Ok(NsResult::Entry {
             attr,
             created: true,
+            dir: Some(dir),
         })
     }
 
@@ -110,10 +112,11 @@ impl Txn<'_> {
             i.attr.ctime_ns = now;
             i.attr.clone()
         })?;
-        self.dir_changed(new_parent, 0)?;
+        let dir = self.dir_changed(new_parent, 0)?;
         Ok(NsResult::Entry {
             attr,
             created: true,
+            dir: Some(dir),
         })
     }
 
@@ -125,9 +128,12 @@ impl Txn<'_> {
             return Err(FsError::IsDir);
         }
         self.set_entry(parent, name, None);
-        self.dir_changed(parent, 0)?;
+        let dir = self.dir_changed(parent, 0)?;
         let freed = self.drop_link(ino)?;
-        Ok(NsResult::Unlinked { freed })
+        Ok(NsResult::Unlinked {
+            freed,
+            dir: Some(dir),
+        })
     }
 
     pub(super) fn rmdir(&mut self, parent: Ino, name: &str) -> Result<NsResult, FsError> {
@@ -140,8 +146,11 @@ impl Txn<'_> {
         }
         self.set_entry(parent, name, None);
         self.remove_inode(ino);
-        self.dir_changed(parent, -1)?;
-        Ok(NsResult::Unlinked { freed: None })
+        let dir = self.dir_changed(parent, -1)?;
+        Ok(NsResult::Unlinked {
+            freed: None,
+            dir: Some(dir),
+        })
     }
 
     pub(super) fn rename(
@@ -285,8 +294,9 @@ mod tests {
                 *mode |= 0o170_000; // file-type bits from a FUSE mknod are ignored
             }
             match ns.apply(&op, now).unwrap() {
-                NsResult::Entry { attr, created } => {
+                NsResult::Entry { attr, created, dir } => {
                     assert!(created);
+                    assert_eq!(dir, Some(super::super::testutil::attr(&ns, ROOT_INO)));
                     made.push(attr);
                 }
                 other => panic!("{other:?}"),
@@ -370,7 +380,8 @@ mod tests {
             ns.apply(&non_exclusive("f", File), T0 + 7),
             Ok(NsResult::Entry {
                 attr: attr(&ns, f),
-                created: false
+                created: false,
+                dir: None
             })
         );
         assert_eq!(ns, before);
@@ -494,9 +505,13 @@ mod tests {
             session: 5,
             op: Box::new(op),
         };
+        let purgeable = |ns: &Namespace| match ns.query(&NsQuery::Purgeable { limit: 10 }) {
+            Ok(NsReply::Purgeable(f)) => f.iter().map(|f| f.ino).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
         let r = ns.apply(&as5(unlink(ROOT_INO, "f")), T0 + 1).unwrap();
         assert!(
-            matches!(r, NsResult::Unlinked { freed: Some(ff) } if ff.ino == f && ff.size == 100)
+            matches!(r, NsResult::Unlinked { freed: Some(ff), .. } if ff.ino == f && ff.size == 100)
         );
         // Gone from the directory, still there by number: stat, truncate, xattrs, locks.
         assert_eq!(lookup(&ns, ROOT_INO, "f"), Err(FsError::NotFound));
@@ -527,7 +542,10 @@ mod tests {
         ]));
         fails(&mut ns, &failing, FsError::NotFound);
         assert_eq!(lookup(&ns, ROOT_INO, "h"), Ok(g));
-        // Forget by another session does nothing; by the owner, the inode goes.
+        // Nothing of an orphan is on the purge queue while it is kept.
+        assert!(purgeable(&ns).is_empty());
+        // Forget by another session does nothing; by the owner, the inode goes and its data
+        // onto the purge queue, in the same op.
         ns.apply(
             &NsOp::Forget {
                 session: 6,
@@ -537,6 +555,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(attr(&ns, f).size, 70);
+        assert!(purgeable(&ns).is_empty());
         ns.apply(
             &NsOp::Forget {
                 session: 5,
@@ -547,31 +566,83 @@ mod tests {
         .unwrap();
         assert_eq!(ns.query(&NsQuery::GetAttr { ino: f }), Err(FsError::Stale));
         assert_eq!(attr(&ns, g).nlink, 1, "a linked file is not an orphan");
+        assert_eq!(purgeable(&ns), vec![f]);
+        assert_eq!(ns.purge[&f].size, 70, "the size the orphan had last");
+        // Purged takes it off; sent again (a purger racing another), it changes nothing.
+        ns.apply(&NsOp::Purged { inos: vec![f] }, T0 + 5).unwrap();
+        assert!(purgeable(&ns).is_empty());
+        let before = ns.clone();
+        ns.apply(&NsOp::Purged { inos: vec![f, 999] }, T0 + 6)
+            .unwrap();
+        assert_eq!(ns, before);
         check_invariants(&ns);
-        // When the session expires its orphans go with it.
+        // When the session expires its orphans go with it, onto the queue.
         let later = T0 + 2_000 * 1_000_000;
         ns.apply(&renew(6), later).unwrap();
         assert_eq!(ns.query(&NsQuery::GetAttr { ino: h }), Err(FsError::Stale));
         assert!(ns.orphans.is_empty());
         check_invariants(&ns);
-        // Its data is now on the purge list, until a client says it deleted it.
-        let purgeable = |ns: &Namespace| match ns.query(&NsQuery::Purgeable { limit: 10 }) {
-            Ok(NsReply::Purgeable(f)) => f.iter().map(|f| f.ino).collect::<Vec<_>>(),
-            other => panic!("{other:?}"),
-        };
         assert_eq!(purgeable(&ns), vec![h]);
         ns.apply(&NsOp::Purged { inos: vec![h] }, later).unwrap();
         assert!(purgeable(&ns).is_empty());
-        // Without a live session (or with none) the inode goes at once, as before.
+        // Without a live session (or with none) the inode goes at once, onto the queue.
         let k = mk(&mut ns, ROOT_INO, "k", File);
         ns.apply(&as5(unlink(ROOT_INO, "k")), later).unwrap();
         assert_eq!(ns.query(&NsQuery::GetAttr { ino: k }), Err(FsError::Stale));
+        assert_eq!(purgeable(&ns), vec![k]);
         // Lock ops cannot be wrapped.
         fails(
             &mut ns,
             &as5(NsOp::EndSession { session: 5 }),
             FsError::Invalid,
         );
+        check_invariants(&ns);
+    }
+
+    #[test]
+    fn the_entry_that_drops_a_files_last_link_puts_it_on_the_purge_queue() {
+        let mut ns = Namespace::new(T0);
+        let queue = |ns: &Namespace| ns.purge.values().copied().collect::<Vec<_>>();
+        let f = mk(&mut ns, ROOT_INO, "f", File);
+        ns.apply(&set_size(f, 9 << 20), T0).unwrap();
+        ns.apply(&link(f, ROOT_INO, "f2"), T0).unwrap();
+        mk(&mut ns, ROOT_INO, "g", File);
+        let h = mk(&mut ns, ROOT_INO, "h", File);
+        symlink(&mut ns, ROOT_INO, "l", "f");
+        // Not the last link, a symlink, a directory: nothing to purge.
+        ns.apply(&unlink(ROOT_INO, "f"), T0).unwrap();
+        ns.apply(&unlink(ROOT_INO, "l"), T0).unwrap();
+        mk(&mut ns, ROOT_INO, "d", Dir);
+        ns.apply(&rmdir(ROOT_INO, "d"), T0).unwrap();
+        assert!(queue(&ns).is_empty());
+        // The last link: the answer and the queue name the same data.
+        let r = ns.apply(&unlink(ROOT_INO, "f2"), T0 + 1).unwrap();
+        let NsResult::Unlinked {
+            freed: Some(ff), ..
+        } = r
+        else {
+            panic!("{r:?}")
+        };
+        assert_eq!((ff.ino, ff.size), (f, 9 << 20));
+        assert_eq!(queue(&ns), vec![ff]);
+        // A rename over a file's last link too.
+        ns.apply(&rename(ROOT_INO, "g", ROOT_INO, "h"), T0 + 2)
+            .unwrap();
+        assert_eq!(ns.purge.keys().copied().collect::<Vec<_>>(), vec![f, h]);
+        check_invariants(&ns);
+        // A failed batch leaves the queue as it was.
+        let before = ns.clone();
+        let failing = NsOp::Batch(vec![unlink(ROOT_INO, "h"), unlink(ROOT_INO, "nope")]);
+        fails(&mut ns, &failing, FsError::NotFound);
+        assert_eq!(ns, before);
+        // Purgeable lists the lowest numbers first, `limit` at most; Purged takes them off.
+        let listed = |ns: &Namespace, limit| match ns.query(&NsQuery::Purgeable { limit }) {
+            Ok(NsReply::Purgeable(files)) => files.iter().map(|f| f.ino).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(listed(&ns, 1), vec![f]);
+        ns.apply(&NsOp::Purged { inos: vec![f] }, T0 + 3).unwrap();
+        assert_eq!(listed(&ns, 10), vec![h]);
         check_invariants(&ns);
     }
 
@@ -585,7 +656,10 @@ mod tests {
         assert_eq!(attr(&ns, f).nlink, 2);
         assert_eq!(
             ns.apply(&unlink(d, "f"), T0 + 1),
-            Ok(NsResult::Unlinked { freed: None })
+            Ok(NsResult::Unlinked {
+                freed: None,
+                dir: Some(attr(&ns, d))
+            })
         );
         let a = attr(&ns, f);
         assert_eq!((a.nlink, a.ctime_ns), (1, T0 + 1));
@@ -599,7 +673,8 @@ mod tests {
                     size: 10 << 20,
                     pool: None,
                     chunk_size: DEFAULT_CHUNK_SIZE
-                })
+                }),
+                dir: Some(attr(&ns, ROOT_INO))
             })
         );
         assert_eq!(ns.query(&NsQuery::GetAttr { ino: f }), Err(FsError::Stale));
@@ -613,7 +688,10 @@ mod tests {
         symlink(&mut ns, d, "l", "f");
         assert_eq!(
             ns.apply(&unlink(d, "l"), T0),
-            Ok(NsResult::Unlinked { freed: None })
+            Ok(NsResult::Unlinked {
+                freed: None,
+                dir: Some(attr(&ns, d))
+            })
         );
         fails(&mut ns, &unlink(d, "missing"), FsError::NotFound);
         fails(&mut ns, &unlink(ROOT_INO, "d"), FsError::IsDir);
@@ -639,7 +717,10 @@ mod tests {
         ns.apply(&unlink(e, "f"), T0).unwrap();
         assert_eq!(
             ns.apply(&rmdir(d, "e"), T0 + 3),
-            Ok(NsResult::Unlinked { freed: None })
+            Ok(NsResult::Unlinked {
+                freed: None,
+                dir: Some(attr(&ns, d))
+            })
         );
         let da = attr(&ns, d);
         assert_eq!((da.nlink, da.mtime_ns, da.ctime_ns), (2, T0 + 3, T0 + 3));

@@ -214,14 +214,7 @@ impl Namespace {
             self.orphans.remove(&ino);
             if let Some(inode) = self.inodes.remove(&ino) {
                 self.file_bytes = self.file_bytes.wrapping_sub(inode.attr.size);
-                let a = inode.attr;
-                let f = FreedFile {
-                    ino,
-                    size: a.size,
-                    pool: a.pool,
-                    chunk_size: a.chunk_size,
-                };
-                self.purge.insert(ino, f);
+                self.purge.insert(ino, txn::freed_file(&inode.attr));
             }
             let names: Vec<(Ino, String)> = self.xattrs_of(ino).map(|(k, _)| k.clone()).collect();
             for key in names {

@@ -13,6 +13,12 @@
 //!   file sizes.
 //! - orphans: files that lost their last link while a session (a mount) has them open, kept by
 //!   inode number until it lets go or ends (`orphans`: ino → session).
+//! - the purge queue (`purge`: ino → [`FreedFile`]): files gone from the namespace whose objects
+//!   may still be on the OSDs. The op that drops a file's last link puts it there (or, for an
+//!   orphan, the op that forgets it, or the expiry of its session), so the data of a removed
+//!   file is always either reachable from an inode or on the queue, whatever process dies;
+//!   purgers list it ([`NsQuery::Purgeable`]), delete the objects and take the files off it
+//!   ([`NsOp::Purged`]).
 //! - advisory locks: `locks` (ino → held byte-range locks), `waiting` (owners blocked in a
 //!   waiting lock request, for deadlock detection) and `sessions` (lock session → expiry
 //!   time). A mount renews its session; when it stops (crash, partition) the session expires at a
@@ -106,8 +112,9 @@ pub struct Namespace {
     waiting: BTreeMap<(u64, u64), Waiter>,
     /// Files without links kept for the session that has them open ([`NsOp::AsSession`]).
     orphans: BTreeMap<Ino, u64>,
-    /// Orphans of sessions that ended or expired: gone from the namespace, their data still on
-    /// the OSDs until a client deletes it ([`NsQuery::Purgeable`], [`NsOp::Purged`]).
+    /// The purge queue: files gone from the namespace (their last link dropped, or orphans
+    /// forgotten or left by a session that ended), their data still on the OSDs until a purger
+    /// deletes it ([`NsQuery::Purgeable`], [`NsOp::Purged`]).
     purge: BTreeMap<Ino, FreedFile>,
 }
 

@@ -389,6 +389,7 @@ fn created_inos(op: &NsOp, result: &NsResult, out: &mut VecDeque<Ino>) {
             NsResult::Entry {
                 attr,
                 created: true,
+                ..
             },
         ) => out.push_back(attr.ino),
         (NsOp::Batch(ops), NsResult::Batch(results)) => {
@@ -402,7 +403,7 @@ fn created_inos(op: &NsOp, result: &NsResult, out: &mut VecDeque<Ino>) {
 
 fn freed_files(result: &NsResult, out: &mut Vec<(Ino, u64)>) {
     match result {
-        NsResult::Unlinked { freed: Some(f) }
+        NsResult::Unlinked { freed: Some(f), .. }
         | NsResult::Renamed {
             replaced_freed: Some(f),
         } => {
@@ -439,6 +440,10 @@ fn random_ops_match_a_reference_model() {
                     let mut freed = Vec::new();
                     freed_files(r, &mut freed);
                     assert_eq!(freed, expected_freed, "{ctx}");
+                    // No session here: every freed file is on the purge queue at once.
+                    for (ino, size) in &freed {
+                        assert_eq!(ns.purge.get(ino).map(|f| f.size), Some(*size), "{ctx}");
+                    }
                     assert!(created.is_empty(), "{ctx}: created more than the model");
                     model = expected;
                     oks += 1;

@@ -160,13 +160,14 @@ impl Txn<'_> {
     }
 
     /// A directory's contents changed: mtime and ctime become now, its link count moves by
-    /// `subdirs` (a subdirectory came or went).
-    pub(super) fn dir_changed(&mut self, dir: Ino, subdirs: i32) -> Result<(), FsError> {
+    /// `subdirs` (a subdirectory came or went). Returns its attributes after the change.
+    pub(super) fn dir_changed(&mut self, dir: Ino, subdirs: i32) -> Result<InodeAttr, FsError> {
         let now = self.now;
         self.modify(dir, |d| {
             d.attr.nlink = d.attr.nlink.saturating_add_signed(subdirs);
             d.attr.mtime_ns = now;
             d.attr.ctime_ns = now;
+            d.attr.clone()
         })
     }
 
@@ -183,7 +184,9 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Drop one link of a file or symlink; the inode goes with its last link.
+    /// Drop one link of a file or symlink; the inode goes with its last link. A file's data
+    /// then goes on the purge queue in this same op, unless the file is kept as an orphan of
+    /// the session the op runs for (it goes on the queue when the session forgets it or ends).
     pub(super) fn drop_link(&mut self, ino: Ino) -> Result<Option<FreedFile>, FsError> {
         let now = self.now;
         let attr = self.modify(ino, |i| {
@@ -194,16 +197,32 @@ impl Txn<'_> {
         if attr.nlink > 0 {
             return Ok(None);
         }
-        match self.keep_for {
-            Some(session) if attr.kind == FileKind::File => self.set_orphan(ino, Some(session)),
-            _ => self.remove_inode(ino),
+        if attr.kind != FileKind::File {
+            self.remove_inode(ino);
+            return Ok(None);
         }
-        Ok((attr.kind == FileKind::File).then_some(FreedFile {
-            ino,
-            size: attr.size,
-            pool: attr.pool,
-            chunk_size: attr.chunk_size,
-        }))
+        let freed = freed_file(&attr);
+        match self.keep_for {
+            Some(session) => self.set_orphan(ino, Some(session)),
+            None => {
+                self.remove_inode(ino);
+                self.set_purge(ino, Some(freed));
+            }
+        }
+        Ok(Some(freed))
+    }
+
+    /// An orphan of `session` goes: its data onto the purge queue. Anything else is left alone.
+    fn forget(&mut self, session: u64, ino: Ino) {
+        if self.ns.orphans.get(&ino) != Some(&session) {
+            return;
+        }
+        self.set_orphan(ino, None);
+        if let Some(inode) = self.ns.inodes.get(&ino) {
+            let freed = freed_file(&inode.attr);
+            self.remove_inode(ino);
+            self.set_purge(ino, Some(freed));
+        }
     }
 
     // ---------------------------------------------------------------- ops
@@ -312,10 +331,7 @@ impl Txn<'_> {
             }
             NsOp::Forget { session, inos } => {
                 for ino in inos {
-                    if self.ns.orphans.get(ino) == Some(session) {
-                        self.set_orphan(*ino, None);
-                        self.remove_inode(*ino);
-                    }
+                    self.forget(*session, *ino);
                 }
                 Ok(NsResult::Done)
             }
@@ -338,6 +354,16 @@ impl Txn<'_> {
                 .collect::<Result<_, _>>()
                 .map(NsResult::Batch),
         }
+    }
+}
+
+/// What the purge queue keeps of a file: where its objects are.
+pub(super) fn freed_file(a: &InodeAttr) -> FreedFile {
+    FreedFile {
+        ino: a.ino,
+        size: a.size,
+        pool: a.pool,
+        chunk_size: a.chunk_size,
     }
 }
 
