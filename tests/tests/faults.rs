@@ -110,7 +110,7 @@ async fn osd_kill9_during_writes_loses_no_acknowledged_write() {
                     let oid = Oid((w << 64) | n);
                     // Every fourth object is large enough to be placed (its data written
                     // straight into the store, only a small record journaled).
-                    let data = if n % 4 == 0 {
+                    let data = if n.is_multiple_of(4) {
                         Bytes::from(format!("writer {w} object {n} ").repeat(8000))
                     } else {
                         Bytes::from(format!("writer {w} object {n} ").repeat(50))
