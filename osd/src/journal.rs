@@ -305,7 +305,8 @@ fn collect_from(out: &mut Vec<u8>, from: u64) -> impl FnMut(u64, &[u8]) + '_ {
     }
 }
 
-fn fsync_dir(path: &Path) -> Result<()> {
+/// Make the directory entry of `path` durable (fsync its parent directory).
+pub(crate) fn fsync_dir(path: &Path) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     File::open(dir)
         .and_then(|d| d.sync_all())

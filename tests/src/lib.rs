@@ -331,6 +331,15 @@ impl ProcCluster {
         self.dir.path().join(format!("osd.{i}"))
     }
 
+    /// Index in `metas` of the metadata replica the map names as leader.
+    pub async fn meta_leader_index(&self) -> Result<usize> {
+        let map = self.client().await?.refresh_map().await?;
+        let leader = map
+            .meta_leader
+            .ok_or_else(|| anyhow::anyhow!("no metadata leader in the map"))?;
+        Ok(leader as usize - 1)
+    }
+
     pub async fn client(&self) -> Result<Cluster> {
         Ok(Cluster::connect(self.meta_addrs.clone()).await?)
     }

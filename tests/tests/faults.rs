@@ -11,15 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn leader_index(c: &ProcCluster) -> anyhow::Result<usize> {
-    let cl = c.client().await?;
-    let map = cl.refresh_map().await?;
-    let leader = map
-        .meta_leader
-        .ok_or_else(|| anyhow::anyhow!("no leader in map"))?;
-    Ok(leader as usize - 1)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metadata_leader_kill_loses_nothing() {
     bounded_async(240, async {
@@ -35,7 +26,7 @@ async fn metadata_leader_kill_loses_nothing() {
             s.min_size = 1;
             cl.create_pool(s).await?;
         }
-        let li = leader_index(&c).await?;
+        let li = c.meta_leader_index().await?;
         c.metas[li].kill9();
         let killed_at = Instant::now();
         // A new leader serves within a few seconds and still has every committed pool.

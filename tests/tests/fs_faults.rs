@@ -58,14 +58,7 @@ fn killed_during_a_copy(victim: Victim) {
         f.write_all(&before).expect("write before");
         f.sync_all().expect("fsync before");
     }
-    let leader = rt
-        .block_on(async {
-            let map = c.client().await?.refresh_map().await?;
-            map.meta_leader
-                .ok_or_else(|| anyhow::anyhow!("no metadata leader in the map"))
-        })
-        .expect("leader") as usize
-        - 1;
+    let leader = rt.block_on(c.meta_leader_index()).expect("leader");
     let (src2, root2) = (src.clone(), root.clone());
     let copy = std::thread::spawn(move || {
         run_cmd(

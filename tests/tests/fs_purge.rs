@@ -138,14 +138,7 @@ fn removed_files_leave_no_objects_through_kills_of_the_mount_and_the_metadata_le
         .collect();
     // A file of 0 bytes has no object.
     ensure_only_empty(&missing, &live_inos, &live).expect("objects before the removals");
-    let leader = rt
-        .block_on(async {
-            let map = c.client().await?.refresh_map().await?;
-            map.meta_leader
-                .ok_or_else(|| anyhow::anyhow!("no metadata leader in the map"))
-        })
-        .expect("leader") as usize
-        - 1;
+    let leader = rt.block_on(c.meta_leader_index()).expect("leader");
 
     // Remove them. A quarter of the way in an OSD pauses (SIGSTOP; every group has all three
     // OSDs): deletes of removed files' objects hang from then on, while removals (metadata

@@ -28,6 +28,7 @@ use super::{
     pick_index_pred, prefix_end, Placed, Store, StoreOptions, CHUNK, INLINE_MAX,
 };
 use crate::error::{Error, Result};
+use crate::journal::fsync_dir;
 use bytes::{Bytes, BytesMut};
 use cairn_proto::msg::{LogEntry, LogOp, ObjectPiece, PgInfo, ScanItem};
 use cairn_proto::object::{CmpOp, QueryHit};
@@ -937,9 +938,7 @@ impl Store for SledStore {
         let dir = path.parent().expect("data files live in a directory");
         if !dir.exists() {
             std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-            File::open(&self.objects_dir)
-                .and_then(|d| d.sync_all())
-                .map_err(Error::io(&self.objects_dir))?;
+            fsync_dir(dir)?;
         }
         let f = OpenOptions::new()
             .read(true)
@@ -952,9 +951,7 @@ impl Store for SledStore {
             .write_at(&f, &path, data, 0)
             .map_err(Error::io(&path))?;
         f.sync_data().map_err(Error::io(&path))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(Error::io(dir))?;
+        fsync_dir(&path)?;
         Ok(Some(Placed::of(data)))
     }
 
